@@ -108,9 +108,7 @@ def sft_loss(model_err: torch.Tensor, weights: torch.Tensor | None = None) -> to
     return (err * weights.float()).mean()
 
 
-def min_snr_weights(
-    snr: torch.Tensor, gamma: float = 5.0, prediction_type: str = "epsilon"
-) -> torch.Tensor:
+def min_snr_weights(snr: torch.Tensor, gamma: float = 5.0, prediction_type: str = "epsilon") -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al., 2023) for epsilon or v targets.
 
     For an epsilon target the weight is ``min(snr, gamma) / snr``; for a v

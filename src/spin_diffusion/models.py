@@ -1,0 +1,318 @@
+"""Load, adapt, freeze and save diffusers text-to-image models.
+
+One place knows how a pipeline is found (local directory or hub id), how a
+UNet's per-sample error is computed for the scheduler's prediction type, how
+the trainable model (full or LoRA) and its frozen reference are made, and how
+results are written so that plain diffusers loads them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import os
+import re
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spin_diffusion.errors import CheckpointError
+from spin_diffusion.objectives import denoising_error
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
+DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def _looks_like_local_path(name: str) -> bool:
+    """Hub ids are ``owner/name``; anything else that does not exist is a missing path."""
+    return not _HUB_ID.match(name)
+
+
+def load_pipeline(
+    name_or_path: str | os.PathLike[str],
+    *,
+    lora_path: str | os.PathLike[str] | None = None,
+    torch_dtype: torch.dtype | None = None,
+    revision: str | None = None,
+) -> DiffusionPipeline:
+    """Load a text-to-image pipeline with one-line errors that say what to do.
+
+    Works the same for a shipped toy model, a local SD-1.5 copy or (online) a
+    hub id, so tests exercise the path users run.
+    """
+    from diffusers import DiffusionPipeline
+
+    name = str(name_or_path)
+    path = Path(name).expanduser()
+    kwargs: dict[str, Any] = {"revision": revision}
+    if torch_dtype is not None:
+        kwargs["torch_dtype"] = torch_dtype
+    if path.exists():
+        if not path.is_dir() or not (path / "model_index.json").is_file():
+            raise CheckpointError(
+                f"{path} is not a diffusers pipeline directory (no model_index.json); "
+                "point model.pretrained at a folder saved with save_pretrained()"
+            )
+        source = str(path)
+        if "safety_checker" in (path / "model_index.json").read_text():
+            kwargs.update(safety_checker=None, requires_safety_checker=False)
+    elif _looks_like_local_path(name):
+        raise CheckpointError(
+            f"model path {name} does not exist; give a local diffusers directory or a hub id"
+        )
+    else:
+        source = name
+        kwargs.update(safety_checker=None, requires_safety_checker=False)
+    try:
+        pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        if source == name and not path.exists():
+            raise CheckpointError(
+                f"could not load hub id {name!r} ({type(exc).__name__}); this machine may be offline: "
+                "download the model elsewhere and pass its local directory"
+            ) from exc
+        raise CheckpointError(f"could not load pipeline from {source}: {str(exc).splitlines()[0]}") from exc
+    missing = [c for c in REQUIRED_COMPONENTS if getattr(pipe, c, None) is None]
+    if missing:
+        raise CheckpointError(f"{source} is not a text-to-image pipeline: missing {', '.join(missing)}")
+    if lora_path is not None:
+        load_lora_into(pipe, lora_path)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_lora_into(pipe: DiffusionPipeline, lora_path: str | os.PathLike[str]) -> None:
+    """Apply a saved LoRA (a directory or a .safetensors file) to ``pipe``."""
+    path = Path(lora_path)
+    if not path.exists():
+        raise CheckpointError(f"LoRA weights {path} do not exist")
+    try:
+        if path.is_dir():
+            pipe.load_lora_weights(str(path), weight_name=LORA_WEIGHT_NAME)
+        else:
+            pipe.load_lora_weights(str(path.parent), weight_name=path.name)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(
+            f"could not apply LoRA {path} to this pipeline: {str(exc).splitlines()[0]}"
+        ) from exc
+
+
+def load_unet_into(pipe: DiffusionPipeline, unet_dir: str | os.PathLike[str]) -> None:
+    """Replace the pipeline's UNet with a fine-tuned one saved as ``unet/``, checking it fits."""
+    from diffusers import UNet2DConditionModel
+
+    path = Path(unet_dir)
+    if not (path / "config.json").is_file():
+        raise CheckpointError(f"{path} is not a diffusers UNet directory (no config.json)")
+    unet = UNet2DConditionModel.from_pretrained(str(path), torch_dtype=pipe.unet.dtype)
+    check_same_architecture(pipe.unet, unet, what=str(path))
+    pipe.unet = unet
+
+
+def check_same_architecture(expected: torch.nn.Module, found: torch.nn.Module, what: str) -> None:
+    """Refuse a checkpoint from another model (different parameter names or shapes)."""
+    exp = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in found.state_dict().items()}
+    if exp != got:
+        diff = sorted(set(exp.items()) ^ set(got.items()))
+        raise CheckpointError(f"{what} does not match the base model's UNet (first difference: {diff[0][0]})")
+
+
+def training_scheduler(pipe: DiffusionPipeline) -> Any:
+    """The DDPM forward process matching the pipeline's scheduler config (what SD trains with)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def diffusion_target(
+    noise_scheduler: Any, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor
+) -> torch.Tensor:
+    """What the UNet should predict, as the scheduler's ``prediction_type`` says."""
+    kind = noise_scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_scheduler.get_velocity(latents, noise, timesteps)
+    if kind == "sample":
+        return latents
+    raise CheckpointError(f"unsupported scheduler prediction_type {kind!r}")
+
+
+def prediction_error(
+    unet: torch.nn.Module,
+    noise_scheduler: Any,
+    latents: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    timesteps: torch.Tensor,
+    noise: torch.Tensor,
+) -> torch.Tensor:
+    """Per-sample denoising error ``err(model, x0, c, t, eps)`` of DESIGN.md section 2, shape ``[B]``."""
+    noisy = noise_scheduler.add_noise(latents, noise, timesteps)
+    target = diffusion_target(noise_scheduler, latents, noise, timesteps)
+    dtype = next(unet.parameters()).dtype
+    pred = unet(noisy.to(dtype), timesteps, encoder_hidden_states.to(dtype)).sample
+    return denoising_error(pred, target)
+
+
+@dataclass(frozen=True)
+class LoraSettings:
+    rank: int = 4
+    alpha: float = 4.0
+    dropout: float = 0.0
+    target_modules: Sequence[str] = DEFAULT_LORA_TARGETS
+
+
+def add_lora(unet: UNet2DConditionModel, settings: LoraSettings) -> None:
+    """Freeze the base weights and attach a trainable peft LoRA adapter to the UNet."""
+    from peft import LoraConfig
+
+    unet.requires_grad_(False)
+    unet.add_adapter(
+        LoraConfig(
+            r=settings.rank,
+            lora_alpha=settings.alpha,
+            lora_dropout=settings.dropout,
+            init_lora_weights="gaussian",
+            target_modules=list(settings.target_modules),
+        )
+    )
+    found = [n for n, p in unet.named_parameters() if p.requires_grad]
+    if not found:
+        raise CheckpointError(
+            f"LoRA target_modules {list(settings.target_modules)} matched no layer of this UNet"
+        )
+
+
+def has_lora(unet: torch.nn.Module) -> bool:
+    return bool(getattr(unet, "peft_config", None))
+
+
+@contextlib.contextmanager
+def adapters_disabled(unet: UNet2DConditionModel) -> Iterator[None]:
+    """Run the LoRA UNet as its base network: the reference without a second copy."""
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
+
+
+def frozen_copy(unet: torch.nn.Module, dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """A frozen, eval-mode copy of ``unet`` (optionally in lower precision) to serve as reference."""
+    ref = copy.deepcopy(unet)
+    ref.requires_grad_(False)
+    ref.eval()
+    if dtype is not None:
+        ref.to(dtype=dtype)
+    return ref
+
+
+def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
+    """The adapter weights in the key layout ``load_lora_weights`` expects."""
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft.utils import get_peft_model_state_dict
+
+    return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+
+
+@contextlib.contextmanager
+def atomic_directory(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling directory that replaces ``final`` only if the block succeeds."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = final.with_name(f".{final.name}.old-{os.getpid()}")
+    if final.exists():
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_trained_unet(unet: UNet2DConditionModel, out_dir: Path) -> Path:
+    """Write what diffusers loads: ``out_dir/unet/`` (full) or ``out_dir/pytorch_lora_weights.safetensors``.
+
+    The directory appears only when complete (written under a temporary name).
+    """
+    from diffusers import StableDiffusionPipeline
+
+    out_dir = Path(out_dir)
+    with atomic_directory(out_dir) as tmp:
+        if has_lora(unet):
+            StableDiffusionPipeline.save_lora_weights(
+                str(tmp), unet_lora_layers=lora_state_dict(unet), weight_name=LORA_WEIGHT_NAME
+            )
+        else:
+            unet.save_pretrained(str(tmp / "unet"), safe_serialization=True)
+    return out_dir
+
+
+def save_full_pipeline(pipe: DiffusionPipeline, unet: UNet2DConditionModel, out_dir: Path) -> Path:
+    """Save the base pipeline with ``unet`` in place (LoRA fused into a copy), atomically."""
+    out_dir = Path(out_dir)
+    if has_lora(unet):
+        unet = copy.deepcopy(unet)
+        unet = _merge_lora(unet)
+    original = pipe.unet
+    pipe.unet = unet
+    try:
+        with atomic_directory(out_dir) as tmp:
+            pipe.save_pretrained(str(tmp), safe_serialization=True)
+    finally:
+        pipe.unet = original
+    return out_dir
+
+
+def _merge_lora(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """Fold LoRA weights into the base layers and drop the adapter modules."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for module in unet.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+    unet.delete_adapters(list(unet.peft_config))
+    return unet
+
+
+def load_trained_into(pipe: DiffusionPipeline, model_dir: Path) -> None:
+    """Apply an ``iter-k/model`` directory written by :func:`save_trained_unet` to ``pipe``."""
+    model_dir = Path(model_dir)
+    if (model_dir / "unet").is_dir():
+        load_unet_into(pipe, model_dir / "unet")
+    elif (model_dir / LORA_WEIGHT_NAME).is_file():
+        load_lora_into(pipe, model_dir)
+    elif (model_dir / "model_index.json").is_file():
+        load_unet_into(pipe, model_dir / "unet")
+    else:
+        raise CheckpointError(f"{model_dir} holds neither unet/ nor {LORA_WEIGHT_NAME}")
+
+
+def fingerprint_module(module: torch.nn.Module) -> str:
+    """A short content hash of a module's weights, recorded in manifests to detect mixing models."""
+    import torch
+
+    h = hashlib.blake2b(digest_size=8)
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        t = tensor.detach().cpu().contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

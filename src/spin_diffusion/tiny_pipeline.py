@@ -1,0 +1,150 @@
+"""Build a real, tiny Stable Diffusion pipeline offline, from configs only.
+
+Tests, the demo and the toy world need the exact code path users run on
+SD-1.5 (same classes, same ``save_pretrained`` layout, same loader) without
+downloading weights; this module assembles one from small configs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+    from transformers import CLIPTokenizer
+
+BOS = "<|startoftext|>"
+EOS = "<|endoftext|>"
+
+
+def build_word_tokenizer(words: list[str], max_length: int = 16) -> CLIPTokenizer:
+    """A ``CLIPTokenizer`` whose BPE merges spell exactly ``words`` as single tokens.
+
+    The vocabulary holds every character, every left-to-right prefix of each
+    word, and the words themselves, so each known word becomes one token and
+    the saved tokenizer loads with the ordinary ``CLIPTokenizer.from_pretrained``.
+    """
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+    merges: list[tuple[str, str]] = []
+
+    def add(token: str) -> None:
+        if token not in vocab:
+            vocab[token] = len(vocab)
+
+    add(BOS)
+    add(EOS)
+    for word in sorted({w.lower() for w in words if w}):
+        symbols = [*word[:-1], word[-1] + "</w>"]
+        for s in symbols:
+            add(s)
+        current = symbols[0]
+        for s in symbols[1:]:
+            if (current, s) not in merges:
+                merges.append((current, s))
+            current += s
+            add(current)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+@dataclass
+class TinyPipelineSpec:
+    """Sizes of a tiny SD-architecture pipeline (defaults: ~1M-parameter UNet, 32 px images)."""
+
+    words: list[str] = field(default_factory=lambda: ["a", "red", "blue", "circle", "square"])
+    image_size: int = 32
+    vae_channels: tuple[int, ...] = (16, 32)  # len - 1 halvings: 32 px -> 16x16 latents
+    latent_channels: int = 4
+    vae_scaling_factor: float = 1.0
+    unet_channels: tuple[int, ...] = (32, 64)
+    layers_per_block: int = 1
+    attention_head_dim: int = 8
+    norm_num_groups: int = 8
+    text_hidden_size: int = 32
+    text_layers: int = 2
+    text_heads: int = 2
+    max_length: int = 16
+    prediction_type: str = "epsilon"
+    num_train_timesteps: int = 1000
+
+    @property
+    def latent_size(self) -> int:
+        return self.image_size // 2 ** (len(self.vae_channels) - 1)
+
+
+def build_tiny_pipeline(spec: TinyPipelineSpec | None = None, seed: int = 0) -> StableDiffusionPipeline:
+    """Assemble a randomly initialised ``StableDiffusionPipeline`` from ``spec``."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDPMScheduler,
+        DPMSolverMultistepScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    spec = spec or TinyPipelineSpec()
+    tokenizer = build_word_tokenizer(spec.words, spec.max_length)
+    torch.manual_seed(seed)
+    n_unet = len(spec.unet_channels)
+    unet = UNet2DConditionModel(
+        sample_size=spec.latent_size,
+        in_channels=spec.latent_channels,
+        out_channels=spec.latent_channels,
+        block_out_channels=spec.unet_channels,
+        layers_per_block=spec.layers_per_block,
+        down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_unet - 1),
+        cross_attention_dim=spec.text_hidden_size,
+        attention_head_dim=spec.attention_head_dim,
+        norm_num_groups=spec.norm_num_groups,
+    )
+    n_vae = len(spec.vae_channels)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=spec.vae_channels,
+        down_block_types=("DownEncoderBlock2D",) * n_vae,
+        up_block_types=("UpDecoderBlock2D",) * n_vae,
+        latent_channels=spec.latent_channels,
+        sample_size=spec.image_size,
+        norm_num_groups=spec.norm_num_groups,
+        scaling_factor=spec.vae_scaling_factor,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer.get_vocab()),
+            hidden_size=spec.text_hidden_size,
+            intermediate_size=spec.text_hidden_size * 4,
+            num_hidden_layers=spec.text_layers,
+            num_attention_heads=spec.text_heads,
+            max_position_embeddings=spec.max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    train_scheduler = DDPMScheduler(
+        num_train_timesteps=spec.num_train_timesteps,
+        beta_schedule="scaled_linear",
+        beta_start=0.00085,
+        beta_end=0.012,
+        prediction_type=spec.prediction_type,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    scheduler = DPMSolverMultistepScheduler.from_config(train_scheduler.config)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
