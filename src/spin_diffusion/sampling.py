@@ -1,0 +1,321 @@
+"""Batched, deterministic generation: opponent latents for training, images for evaluation.
+
+Each sample's starting noise comes from its own seed, derived from (run seed,
+prompt id, sample index), so the same prompt gives the same latents whatever
+the batch size, the shard layout or the number of processes. The opponent's
+samples are stored as latents (never round-tripped through pixels) in
+safetensors shards; a shard is the unit of resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spin_diffusion.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline
+    from PIL import Image
+
+    from spin_diffusion.config import SamplingConfig
+
+MANIFEST = "manifest.json"
+SETTINGS = "settings.json"
+
+
+def sample_seed(base_seed: int, prompt_id: str, index: int) -> int:
+    """A 63-bit seed for one sample, independent of batching and process count."""
+    digest = hashlib.blake2b(f"{base_seed}:{prompt_id}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
+
+
+def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:
+    """Swap the sampling scheduler, keeping the model's noise schedule and prediction type."""
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    config = pipe.scheduler.config
+    if name == "dpmsolver++":
+        pipe.scheduler = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
+    elif name == "ddim":
+        pipe.scheduler = DDIMScheduler.from_config(config)
+    elif name == "euler":
+        pipe.scheduler = EulerDiscreteScheduler.from_config(config)
+    elif name != "pipeline":
+        raise ValueError(f"unknown scheduler {name!r}")
+
+
+def generate_latents(
+    pipe: DiffusionPipeline,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 7.5,
+    eta: float = 0.0,
+    batch_size: int = 16,
+    progress: Any | None = None,
+) -> torch.Tensor:
+    """Final latents (the UNet's latent space, fp32) for each (prompt, seed), in batches.
+
+    Classifier-free guidance runs as one doubled batch inside the pipeline.
+    """
+    import torch
+
+    if len(prompts) != len(seeds):
+        raise ValueError("prompts and seeds must have the same length")
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(prompts), batch_size):
+            batch_prompts = list(prompts[start : start + batch_size])
+            gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds[start : start + batch_size]]
+            kwargs: dict[str, Any] = {}
+            if "eta" in _call_parameters(pipe):
+                kwargs["eta"] = eta
+            result = pipe(
+                prompt=batch_prompts,
+                num_inference_steps=num_inference_steps,
+                guidance_scale=guidance_scale,
+                generator=gens,
+                output_type="latent",
+                **kwargs,
+            )
+            out.append(result.images.float().cpu())
+            if progress is not None:
+                progress.update(len(batch_prompts))
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def _call_parameters(pipe: DiffusionPipeline) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(pipe.__call__).parameters)
+
+
+def decode_latents(pipe: DiffusionPipeline, latents: torch.Tensor, batch_size: int = 16) -> list[Image.Image]:
+    """Latents -> PIL images (only for previews and evaluation; training never decodes)."""
+    import torch
+
+    vae = pipe.vae
+    images: list[Image.Image] = []
+    shift = getattr(vae.config, "shift_factor", None) or 0.0
+    with torch.inference_mode():
+        for start in range(0, len(latents), batch_size):
+            z = latents[start : start + batch_size].to(vae.device, vae.dtype)
+            x = vae.decode(z / vae.config.scaling_factor + shift).sample
+            images.extend(pipe.image_processor.postprocess(x.float(), output_type="pil"))
+    return images
+
+
+def generate_images(
+    pipe: DiffusionPipeline,
+    prompts: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    num_inference_steps: int = 20,
+    guidance_scale: float = 7.5,
+    batch_size: int = 16,
+    eta: float = 0.0,
+) -> list[Image.Image]:
+    """PIL images for each (prompt, seed): the evaluation harness's generator."""
+    latents = generate_latents(
+        pipe,
+        prompts,
+        seeds,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        eta=eta,
+        batch_size=batch_size,
+    )
+    return decode_latents(pipe, latents, batch_size)
+
+
+def image_grid(images: Sequence[Image.Image], cols: int) -> Image.Image:
+    """Tile images row-major into one picture."""
+    from PIL import Image
+
+    if not images:
+        raise ValueError("no images to tile")
+    w, h = images[0].size
+    rows = (len(images) + cols - 1) // cols
+    grid = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, img in enumerate(images):
+        grid.paste(img.convert("RGB"), ((i % cols) * w, (i // cols) * h))
+    return grid
+
+
+def prompts_fingerprint(ids: Sequence[str], captions: Sequence[str]) -> str:
+    h = hashlib.blake2b(digest_size=8)
+    for i, c in zip(ids, captions, strict=True):
+        h.update(f"{i}\x00{c}\x01".encode())
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    tmp.replace(path)
+
+
+class OpponentSamples:
+    """The opponent's latents for every prompt id, read from a complete sample directory."""
+
+    def __init__(self, out_dir: Path):
+        from safetensors.torch import load_file
+
+        self.dir = Path(out_dir)
+        manifest_path = self.dir / MANIFEST
+        if not manifest_path.is_file():
+            raise CheckpointError(f"{self.dir} has no {MANIFEST}: sampling did not finish")
+        self.manifest = json.loads(manifest_path.read_text())
+        self._latents: dict[str, torch.Tensor] = {}
+        for shard in self.manifest["shards"]:
+            tensors = load_file(str(self.dir / shard["file"]))
+            for pid, lat in zip(shard["ids"], tensors["latents"], strict=True):
+                self._latents[pid] = lat
+        if len(self._latents) != self.manifest["num_prompts"]:
+            raise CheckpointError(
+                f"{self.dir}: manifest lists {self.manifest['num_prompts']} prompts, shards hold {len(self._latents)}"
+            )
+
+    def __len__(self) -> int:
+        return len(self._latents)
+
+    def latents(self, prompt_id: str) -> torch.Tensor:
+        """All samples for one prompt: ``[n, C, h, w]`` (fp16 as stored)."""
+        try:
+            return self._latents[prompt_id]
+        except KeyError:
+            raise CheckpointError(f"{self.dir} has no samples for prompt id {prompt_id!r}") from None
+
+
+def sample_opponent(
+    pipe: DiffusionPipeline,
+    ids: Sequence[str],
+    captions: Sequence[str],
+    settings: SamplingConfig,
+    out_dir: Path,
+    *,
+    seed: int,
+    model_fingerprint: str,
+    rank: int = 0,
+    world_size: int = 1,
+    barrier: Any | None = None,
+    show_progress: bool = True,
+) -> OpponentSamples | None:
+    """Generate ``n`` samples per prompt into ``out_dir`` as latent shards plus a manifest.
+
+    Resumable: complete shards are kept, a complete directory is a no-op, and
+    a directory made with other settings or another model is refused. With
+    several processes, shard ``i`` belongs to rank ``i % world_size``; rank 0
+    writes the manifest after ``barrier()``. Returns the samples (all ranks).
+    """
+    import torch
+    from safetensors.torch import save_file
+    from tqdm.auto import tqdm
+
+    out_dir = Path(out_dir)
+    n = settings.num_samples_per_prompt
+    identity = {
+        "model_fingerprint": model_fingerprint,
+        "prompts_fingerprint": prompts_fingerprint(ids, captions),
+        "num_prompts": len(ids),
+        "seed": seed,
+        "sampler": settings.model_dump(mode="json", exclude={"batch_size", "num_previews"}),
+    }
+    if (out_dir / MANIFEST).is_file():
+        done = json.loads((out_dir / MANIFEST).read_text())
+        _check_same(done["identity"], identity, out_dir)
+        return OpponentSamples(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        settings_path = out_dir / SETTINGS
+        if settings_path.is_file():
+            _check_same(json.loads(settings_path.read_text()), identity, out_dir)
+        else:
+            write_json_atomic(settings_path, identity)
+    if barrier is not None:
+        barrier()
+
+    use_scheduler(pipe, settings.scheduler)
+    if settings.compile:
+        pipe.unet = torch.compile(pipe.unet)
+    shards = [(i, s) for i, s in enumerate(range(0, len(ids), settings.shard_size))]
+    mine = [(i, s) for i, s in shards if i % world_size == rank]
+    todo = [(i, s) for i, s in mine if not (out_dir / _shard_name(i)).is_file()]
+    total = sum(min(settings.shard_size, len(ids) - s) for _, s in todo) * n
+    started = time.perf_counter()
+    with tqdm(
+        total=total, desc="sampling opponent", unit="img", disable=not show_progress or rank != 0
+    ) as bar:
+        for i, start in todo:
+            shard_ids = list(ids[start : start + settings.shard_size])
+            shard_caps = list(captions[start : start + settings.shard_size])
+            prompts = [c for c in shard_caps for _ in range(n)]
+            seeds = [sample_seed(seed, pid, j) for pid in shard_ids for j in range(n)]
+            lat = generate_latents(
+                pipe,
+                prompts,
+                seeds,
+                num_inference_steps=settings.num_inference_steps,
+                guidance_scale=settings.guidance_scale,
+                eta=settings.eta,
+                batch_size=settings.batch_size,
+                progress=bar,
+            )
+            lat = lat.reshape(len(shard_ids), n, *lat.shape[1:]).to(torch.float16).contiguous()
+            final = out_dir / _shard_name(i)
+            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+            save_file({"latents": lat}, str(tmp), metadata={"ids": json.dumps(shard_ids)})
+            tmp.replace(final)
+    elapsed = time.perf_counter() - started
+    if barrier is not None:
+        barrier()
+    if rank == 0:
+        _write_previews(pipe, out_dir, ids, settings.num_previews)
+        manifest = {
+            "identity": identity,
+            "num_prompts": len(ids),
+            "samples_per_prompt": n,
+            "shards": [
+                {"file": _shard_name(i), "ids": list(ids[s : s + settings.shard_size])} for i, s in shards
+            ],
+            "seconds_this_process": round(elapsed, 2),
+            "world_size": world_size,
+        }
+        write_json_atomic(out_dir / MANIFEST, manifest)
+    if barrier is not None:
+        barrier()
+    return OpponentSamples(out_dir)
+
+
+def _shard_name(index: int) -> str:
+    return f"shard-{index:05d}.safetensors"
+
+
+def _check_same(saved: dict[str, Any], current: dict[str, Any], out_dir: Path) -> None:
+    diff = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+    if diff:
+        raise CheckpointError(
+            f"{out_dir} was sampled with different {', '.join(diff)}; delete it or use a new run name"
+        )
+
+
+def _write_previews(pipe: DiffusionPipeline, out_dir: Path, ids: Sequence[str], count: int) -> None:
+    """Decode the first few samples into previews.png so a person can look at the opponent."""
+    import torch
+    from safetensors.torch import load_file
+
+    if count <= 0 or not ids:
+        return
+    lat = load_file(str(out_dir / _shard_name(0)))["latents"][:, 0][:count].to(torch.float32)
+    images = decode_latents(pipe, lat)
+    tmp = out_dir / f".previews.tmp-{os.getpid()}.png"
+    image_grid(images, cols=min(8, len(images))).save(tmp)
+    tmp.replace(out_dir / "previews.png")

@@ -1,0 +1,452 @@
+"""The run driver: for k = 1..K, sample with theta_{k-1}, train theta_k against it, save, evaluate.
+
+SFT and DPO are the same driver with one iteration and no sampling. Each
+stage writes into the run directory atomically and records what it consumed,
+so re-running the same command resumes mid-sampling, mid-training or between
+iterations, and a finished run is a no-op.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spin_diffusion.config import RunConfig, dump_config, identity_changes, validate_config
+from spin_diffusion.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+ITERATION_DONE = "iteration.json"
+
+
+# --------------------------------------------------------------------------- training data
+
+
+@dataclass
+class RealData:
+    """SFT: the real latent of each example."""
+
+    cache: Any
+    flip: bool
+    paired: bool = False
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def caption(self, index: int) -> str:
+        return self.cache.captions[index]
+
+    def latents(self, index: int, epoch: int, rng: torch.Generator) -> tuple[torch.Tensor, None]:
+        return self.cache.latents(index, flip=_coin(rng, self.flip)), None
+
+
+@dataclass
+class PreferenceData:
+    """DPO: (winner, loser) latents of each preference pair."""
+
+    cache: Any
+    flip: bool
+    paired: bool = True
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def caption(self, index: int) -> str:
+        return self.cache.captions[index]
+
+    def latents(self, index: int, epoch: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cache.pair_latents(index, flip=_coin(rng, self.flip))
+
+
+@dataclass
+class SelfPlayData:
+    """SPIN: the real latent paired with one of the opponent's samples for the same caption."""
+
+    cache: Any
+    samples: Any
+    flip: bool
+    paired: bool = True
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def caption(self, index: int) -> str:
+        return self.cache.captions[index]
+
+    def latents(self, index: int, epoch: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        real = self.cache.latents(index, flip=_coin(rng, self.flip))
+        generated = self.samples.latents(self.cache.ids[index])
+        pick = int(torch.randint(0, generated.shape[0], (1,), generator=rng))
+        return real, generated[pick]
+
+
+def _coin(rng: torch.Generator, enabled: bool) -> bool:
+    import torch
+
+    return enabled and bool(torch.rand(1, generator=rng) < 0.5)
+
+
+# --------------------------------------------------------------------------- run directory
+
+
+def prepare_run_dir(cfg: RunConfig, is_main: bool) -> Path:
+    """Create the run directory or check that resuming it will not mix incompatible results."""
+    import yaml
+
+    run_dir = cfg.run_dir
+    saved_path = run_dir / "config.yaml"
+    if saved_path.is_file():
+        saved = validate_config(yaml.safe_load(saved_path.read_text()), str(saved_path))
+        changed = identity_changes(saved, cfg)
+        if changed:
+            raise ConfigError(
+                f"{run_dir} was started with a different {', '.join(changed)}; "
+                "use a new run name (or delete the run directory) instead of mixing results"
+            )
+        if len(cfg.iterations) < len(saved.iterations) and _iteration_done(run_dir, len(cfg.iterations) + 1):
+            raise ConfigError(f"{run_dir} already has more iterations than this config asks for")
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = run_dir / f".config.yaml.tmp-{os.getpid()}"
+        tmp.write_text(dump_config(cfg))
+        tmp.replace(saved_path)
+    return run_dir
+
+
+def _iteration_done(run_dir: Path, k: int) -> bool:
+    return (run_dir / f"iter-{k}" / ITERATION_DONE).is_file()
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    tmp.replace(path)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def _torch_dtype(name: str) -> torch.dtype:
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def merged_copy(unet: Any) -> Any:
+    """A plain UNet with any LoRA folded in: theta_k as the next opponent sees it."""
+    from spin_diffusion.models import _merge_lora, has_lora
+
+    clone = copy.deepcopy(unet)
+    if has_lora(clone):
+        clone = _merge_lora(clone)
+    clone.requires_grad_(False)
+    clone.eval()
+    return clone
+
+
+def load_iteration_unet(base_unet: Any, pipe: Any, model_dir: Path) -> Any:
+    """theta_k from a finished iteration's ``model/`` directory, as a plain (merged) UNet."""
+    from spin_diffusion.models import load_trained_into
+
+    original = pipe.unet
+    pipe.unet = copy.deepcopy(base_unet)
+    try:
+        load_trained_into(pipe, model_dir)
+        if getattr(pipe.unet, "peft_config", None):
+            pipe.fuse_lora()
+            pipe.unload_lora_weights()
+        unet = pipe.unet
+    finally:
+        pipe.unet = original
+    unet.requires_grad_(False)
+    unet.eval()
+    return unet
+
+
+# --------------------------------------------------------------------------- the driver
+
+
+def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) every iteration the config asks for; returns the results summary."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    from spin_diffusion.data.latents import ensure_latent_cache
+    from spin_diffusion.models import fingerprint_module, load_pipeline, training_scheduler
+
+    accelerator = Accelerator(
+        mixed_precision=cfg.training.mixed_precision,
+        log_with=[t for t in cfg.training.trackers if t != "wandb" or _wandb_available()],
+        project_dir=str(cfg.run_dir / "logs"),
+    )
+    set_seed(cfg.seed)
+    run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
+    accelerator.wait_for_everyone()
+    started = time.time()
+
+    pipe = load_pipeline(cfg.model.pretrained, revision=cfg.model.revision)
+    for part in (pipe.vae, pipe.text_encoder):
+        part.requires_grad_(False)
+        part.eval()
+    pipe.to(accelerator.device)
+    base_unet = pipe.unet
+    base_unet.requires_grad_(False)
+    base_fp = fingerprint_module(base_unet)
+    noise_scheduler = training_scheduler(pipe)
+    data_cfg = cfg.data_config()
+    with accelerator.main_process_first():
+        cache = ensure_latent_cache(
+            data_cfg,
+            pipe.vae,
+            run_dir / "real_latents",
+            pairs=cfg.method == "dpo",
+            show_progress=show_progress and accelerator.is_main_process,
+        )
+    if len(cache) == 0:
+        raise ConfigError(f"data source {data_cfg.path} has no usable examples")
+
+    opponent = base_unet  # theta_0
+    history: list[dict[str, Any]] = []
+    if accelerator.is_main_process:
+        accelerator.init_trackers(cfg.name)
+    for k in range(1, len(cfg.iterations) + 1):
+        iter_dir = run_dir / f"iter-{k}"
+        if _iteration_done(run_dir, k):
+            summary = json.loads((iter_dir / ITERATION_DONE).read_text())
+            opponent = load_iteration_unet(base_unet, pipe, iter_dir / "model")
+            history.append(summary)
+            continue
+        iter_dir.mkdir(parents=True, exist_ok=True)
+        summary = _run_iteration(
+            cfg,
+            k,
+            accelerator,
+            pipe,
+            base_unet,
+            opponent,
+            base_fp,
+            noise_scheduler,
+            cache,
+            iter_dir,
+            show_progress,
+        )
+        history.append(summary)
+        opponent = summary.pop("_next_opponent")
+        if accelerator.is_main_process:
+            _write_json(iter_dir / ITERATION_DONE, summary)
+        accelerator.wait_for_everyone()
+
+    results = {"name": cfg.name, "method": cfg.method, "iterations": history, "base_fingerprint": base_fp}
+    if accelerator.is_main_process:
+        evaluation = _evaluate(cfg, run_dir, len(history))
+        if evaluation is not None:
+            results["evaluation"] = evaluation
+        results["seconds"] = round(time.time() - started, 1)
+        _write_json(run_dir / "results.json", results)
+        (run_dir / "results.md").write_text(render_results_md(results))
+    accelerator.end_training()
+    return results
+
+
+def _wandb_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("wandb") is not None
+
+
+def _run_iteration(
+    cfg: RunConfig,
+    k: int,
+    accelerator: Any,
+    pipe: Any,
+    base_unet: Any,
+    opponent: Any,
+    base_fp: str,
+    noise_scheduler: Any,
+    cache: Any,
+    iter_dir: Path,
+    show_progress: bool,
+) -> dict[str, Any]:
+    from spin_diffusion.models import (
+        LoraSettings,
+        add_lora,
+        fingerprint_module,
+        frozen_copy,
+        save_trained_unet,
+    )
+    from spin_diffusion.sampling import sample_opponent
+    from spin_diffusion.training import (
+        ModuleReference,
+        PrecomputedReference,
+        Trainer,
+        epochs_needed,
+        precompute_reference_errors,
+        write_summary,
+    )
+
+    train_cfg = cfg.training_for(k)
+    data_cfg = cfg.data_config()
+    opponent_fp = base_fp if opponent is base_unet else fingerprint_module(opponent)
+    seed = cfg.seed + 1000 * k
+
+    # 1. the opponent's samples (SPIN only)
+    samples = None
+    if cfg.method == "spin":
+        pipe.unet = opponent
+        samples = sample_opponent(
+            pipe,
+            cache.ids,
+            cache.captions,
+            cfg.sampling_for(k),
+            iter_dir / "samples",
+            seed=seed,
+            model_fingerprint=opponent_fp,
+            rank=accelerator.process_index,
+            world_size=accelerator.num_processes,
+            barrier=accelerator.wait_for_everyone,
+            show_progress=show_progress,
+        )
+        pipe.unet = base_unet
+        data = SelfPlayData(cache, samples, flip=data_cfg.random_flip)
+    elif cfg.method == "dpo":
+        data = PreferenceData(cache, flip=data_cfg.random_flip)
+    else:
+        data = RealData(cache, flip=data_cfg.random_flip)
+
+    # 2. the trained model starts from theta_{k-1}; the reference is theta_{k-1} (SPIN) or theta_0 (DPO)
+    unet = copy.deepcopy(opponent)
+    reference = None
+    lora = cfg.model.lora
+    if lora.enabled:
+        add_lora(unet, LoraSettings(lora.rank, lora.alpha, lora.dropout, tuple(lora.target_modules)))
+    else:
+        unet.requires_grad_(True)
+    if cfg.method != "sft":
+        if lora.enabled:
+            reference = ModuleReference(unet, noise_scheduler, disable_adapters=True)
+        else:
+            ref_dtype = _torch_dtype(cfg.model.reference_dtype)
+            reference = ModuleReference(frozen_copy(opponent, ref_dtype), noise_scheduler)
+    caption_dropout = getattr(data_cfg, "caption_dropout", 0.0)
+    if reference is not None and train_cfg.precompute_reference:
+        table_path = iter_dir / "reference_errors.safetensors"
+        reference = PrecomputedReference(
+            _reference_table(
+                table_path,
+                lambda ref=reference: precompute_reference_errors(
+                    ref,
+                    data,
+                    pipe.text_encoder,
+                    pipe.tokenizer,
+                    epochs=epochs_needed(len(data), train_cfg, accelerator.num_processes),
+                    seed=seed,
+                    num_train_timesteps=noise_scheduler.config.num_train_timesteps,
+                    caption_dropout=caption_dropout,
+                    show_progress=show_progress and accelerator.is_main_process,
+                ),
+                accelerator,
+            )
+        )
+
+    trainer = Trainer(
+        method=cfg.method,
+        cfg=train_cfg,
+        accelerator=accelerator,
+        unet=unet,
+        noise_scheduler=noise_scheduler,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        data=data,
+        reference=reference,
+        out_dir=iter_dir,
+        seed=seed,
+        caption_dropout=caption_dropout,
+        show_progress=show_progress,
+        on_step=lambda step, m: accelerator.log({f"iter{k}/{n}": v for n, v in m.items()}, step=step),
+    )
+    result = trainer.train()
+    trained = accelerator.unwrap_model(trainer.unet)
+    model_dir = iter_dir / "model"
+    if accelerator.is_main_process:
+        save_trained_unet(trained, model_dir)
+        if lora.enabled and k > 1:
+            # theta_k = theta_{k-1} + this LoRA: also store the merged UNet so diffusers loads theta_k alone.
+            merged_copy(trained).save_pretrained(str(model_dir / "unet"), safe_serialization=True)
+        write_summary(iter_dir, result, {"iteration": k})
+    accelerator.wait_for_everyone()
+    next_opponent = merged_copy(trained)
+    del trainer, unet, reference
+    return {
+        "iteration": k,
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "final_metrics": result.final_metrics,
+        "training": train_cfg.model_dump(mode="json"),
+        "opponent_fingerprint": opponent_fp,
+        "model_fingerprint": fingerprint_module(next_opponent),
+        "samples": None if samples is None else str(samples.dir.relative_to(iter_dir.parent)),
+        "world_size": result.world_size,
+        "_next_opponent": next_opponent,
+    }
+
+
+def _reference_table(path: Path, compute: Any, accelerator: Any) -> torch.Tensor:
+    """Load the precomputed reference errors, computing and saving them once (main process)."""
+    from safetensors.torch import load_file, save_file
+
+    if not path.is_file() and accelerator.is_main_process:
+        table = compute()
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        save_file({"errors": table.contiguous()}, str(tmp))
+        tmp.replace(path)
+    accelerator.wait_for_everyone()
+    return load_file(str(path))["errors"]
+
+
+def _evaluate(cfg: RunConfig, run_dir: Path, num_iterations: int) -> dict[str, Any] | None:
+    """Score base and every iteration on held-out prompts, when the config has an evaluation block."""
+    eval_cfg = cfg.evaluation_config()
+    if eval_cfg is None:
+        return None
+    from spin_diffusion.evaluation.runner import evaluate_models
+
+    models: dict[str, Any] = {"base": {"pretrained": cfg.model.pretrained}}
+    for k in range(1, num_iterations + 1):
+        models[f"iter-{k}"] = {
+            "pretrained": cfg.model.pretrained,
+            "trained": str(run_dir / f"iter-{k}" / "model"),
+        }
+    return evaluate_models(models, eval_cfg, run_dir / "eval", baseline="base")
+
+
+def render_results_md(results: dict[str, Any]) -> str:
+    """A Markdown summary of training diagnostics per iteration (evaluation tables come from the harness)."""
+    lines = [f"# {results['name']} ({results['method']})", ""]
+    lines += [
+        "| iteration | steps | loss | implicit acc | d_real / d_win | d_gen / d_lose |",
+        "|---|---|---|---|---|---|",
+    ]
+    for it in results["iterations"]:
+        m = it.get("final_metrics", {})
+        d_a = m.get("d_real", m.get("d_win"))
+        d_b = m.get("d_gen", m.get("d_lose"))
+        lines.append(
+            f"| {it['iteration']} | {it['steps']} | {_fmt(m.get('loss'))} | {_fmt(m.get('implicit_acc'))} "
+            f"| {_fmt(d_a)} | {_fmt(d_b)} |"
+        )
+    evaluation = results.get("evaluation")
+    if evaluation and evaluation.get("markdown"):
+        lines += ["", evaluation["markdown"]]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
