@@ -134,7 +134,6 @@ def build_tiny_pipeline(spec: TinyPipelineSpec | None = None, seed: int = 0) -> 
         beta_end=0.012,
         prediction_type=spec.prediction_type,
         clip_sample=False,
-        set_alpha_to_one=False,
         steps_offset=1,
     )
     scheduler = DPMSolverMultistepScheduler.from_config(train_scheduler.config)

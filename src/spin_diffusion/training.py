@@ -11,6 +11,7 @@ ahead of time (``precompute_reference``) with identical results.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -201,8 +202,6 @@ class ModuleReference:
     disable_adapters: bool = False
 
     def errors(self, batch: Batch, latents: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        import contextlib
-
         import torch
 
         from spin_diffusion.models import adapters_disabled, prediction_error
@@ -376,10 +375,8 @@ class _StopFlag:
 
     def __enter__(self) -> _StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
+            with contextlib.suppress(ValueError):  # not the main thread: no handler
                 self._old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread
-                pass
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
@@ -534,8 +531,6 @@ class Trainer:
         Accumulation is counted here from ``micro_step`` (not by accelerate's own
         counter) so a resumed run syncs on exactly the same micro-steps.
         """
-        import contextlib
-
         batch = self.next_batch()
         lr = self.set_lr()
         accum = self.cfg.gradient_accumulation_steps

@@ -1,0 +1,48 @@
+"""Shared fixtures: a tiny SD pipeline built from configs, saved once per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ["a", "red", "blue", "green", "circle", "square", "on", "the", "left", "right"]
+
+
+def tiny_spec(prediction_type: str = "epsilon"):
+    from spin_diffusion.tiny_pipeline import TinyPipelineSpec
+
+    return TinyPipelineSpec(
+        words=WORDS,
+        image_size=16,
+        vae_channels=(8, 16),
+        unet_channels=(16, 32),
+        norm_num_groups=8,
+        attention_head_dim=8,
+        text_hidden_size=16,
+        text_layers=1,
+        max_length=8,
+        prediction_type=prediction_type,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from spin_diffusion.tiny_pipeline import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("tiny") / "pipeline"
+    build_tiny_pipeline(tiny_spec(), seed=0).save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_vpred_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from spin_diffusion.tiny_pipeline import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("tiny_v") / "pipeline"
+    build_tiny_pipeline(tiny_spec("v_prediction"), seed=1).save_pretrained(str(path), safe_serialization=True)
+    return path
