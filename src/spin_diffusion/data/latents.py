@@ -1,0 +1,452 @@
+"""VAE latents of the real images, computed once and reused by every iteration and epoch.
+
+Layout of a cache directory (see docs/data.md)::
+
+    manifest.json             settings key, VAE/source fingerprints, shard list, counts
+    shard-00000.safetensors   fp16 tensors [n, C, h, w] + ids/captions in the header
+
+Shards are written atomically and listed in the manifest as they complete, so
+an interrupted build resumes where it stopped; a manifest whose settings
+(VAE, resolution, crop/flip, source fingerprint, columns...) differ from the
+current ones makes the whole cache be rebuilt, never reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from bisect import bisect_right
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from spin_diffusion import __version__
+from spin_diffusion.data.config import DataConfig
+from spin_diffusion.data.sources import DataSource, Example, PairExample, source_fingerprint
+from spin_diffusion.data.transforms import ImageTransform, drop_caption, flip_for, hflip
+from spin_diffusion.errors import DataError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SHARD_PREFIX = "shard-"
+SHARD_SUFFIX = ".safetensors"
+ENCODING = "latent_dist.mode()"
+
+#: Number of ``vae.encode`` calls made by this module in this process (tests count with it).
+ENCODE_CALLS = 0
+
+
+# ---------------------------------------------------------------- fingerprints and encoding
+
+
+def vae_fingerprint(vae: Any) -> str:
+    """sha256 of the VAE's config (minus private keys such as its path) and of every weight's bytes.
+
+    Hashing all weights costs well under a second for the SD VAE (84M parameters)
+    and catches any change of weights, dtype or architecture.
+    """
+    h = hashlib.sha256()
+    config = {k: v for k, v in dict(vae.config).items() if not str(k).startswith("_")}
+    h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(vae.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def latent_scaling(vae: Any) -> tuple[float, float | None]:
+    """(scaling_factor, shift_factor) from the VAE config; shift is None for SD 1.x/2.x/SDXL."""
+    cfg = vae.config
+    scale = getattr(cfg, "scaling_factor", None) or cfg.get("scaling_factor", 1.0)
+    shift = getattr(cfg, "shift_factor", None)
+    if shift is None and hasattr(cfg, "get"):
+        shift = cfg.get("shift_factor")
+    return float(scale), (None if shift is None else float(shift))
+
+
+def _vae_place(vae: Any) -> tuple[torch.device, torch.dtype]:
+    try:
+        return vae.device, vae.dtype
+    except AttributeError:
+        p = next(vae.parameters())
+        return p.device, p.dtype
+
+
+@torch.no_grad()
+def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
+    """[B, 3, H, W] pixels in [-1, 1] -> scaled float32 latents on CPU.
+
+    Uses the posterior mean (``latent_dist.mode()``), so a cache is a
+    deterministic function of images and VAE; sampling noise would make every
+    rebuild differ and adds nothing the diffusion noise does not already add.
+    """
+    global ENCODE_CALLS
+    ENCODE_CALLS += 1
+    device, dtype = _vae_place(vae)
+    z = vae.encode(pixels.to(device=device, dtype=dtype)).latent_dist.mode()
+    scale, shift = latent_scaling(vae)
+    if shift is not None:
+        z = z - shift
+    return (z * scale).float().cpu()
+
+
+# ---------------------------------------------------------------- manifest helpers
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_manifest(cache_dir: Path) -> dict | None:
+    path = cache_dir / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning("latent cache %s: unreadable manifest, rebuilding", cache_dir)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _clear(cache_dir: Path) -> None:
+    """Delete only files this module writes (the directory may hold other things)."""
+    for p in cache_dir.iterdir():
+        ours = p.name.startswith(SHARD_PREFIX) or p.name in (MANIFEST, MANIFEST + ".tmp")
+        if p.is_file() and ours:
+            p.unlink()
+
+
+def _settings(cfg: DataConfig, vae: Any, pairs: bool) -> dict:
+    """Everything that determines the cache's content; any difference forces a rebuild."""
+    scale, shift = latent_scaling(vae)
+    return {
+        "format": FORMAT_VERSION,
+        "encoding": ENCODING,
+        "vae": vae_fingerprint(vae),
+        "scaling_factor": scale,
+        "shift_factor": shift,
+        "resolution": cfg.resolution,
+        "center_crop": cfg.center_crop,
+        "crop_seed": None if cfg.center_crop else cfg.seed,
+        "random_flip": cfg.random_flip,
+        "pairs": pairs,
+        "source": cfg.source,
+        "source_fingerprint": source_fingerprint(cfg),
+        "caption_column": cfg.caption_column,
+        "image_column": cfg.image_column,
+        "split": cfg.split,
+        "max_examples": cfg.max_examples,
+        "skip_bad_examples": cfg.skip_bad_examples,
+        "min_image_size": cfg.effective_min_image_size,
+    }
+
+
+def _key(settings: dict) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _slots(pairs: bool, flips: bool) -> list[str]:
+    base = ["win", "lose"] if pairs else ["latents"]
+    return base + [f"{s}_flip" for s in base] if flips else base
+
+
+def _shard_header(path: Path) -> dict[str, str]:
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+# ---------------------------------------------------------------- the cache
+
+
+class LatentCache:
+    """Read access to a complete cache: ids, captions and per-example latents (lazy, memory-mapped)."""
+
+    def __init__(self, cache_dir: Path, manifest: dict) -> None:
+        self.cache_dir = Path(cache_dir)
+        self.manifest = manifest
+        self.pairs: bool = manifest["settings"]["pairs"]
+        self.flips: bool = manifest["settings"]["random_flip"]
+        self.encoded_count = 0  # images encoded by the ensure_latent_cache call that returned this
+        self.status = "reused"  # reused | built | resumed | rebuilt
+        self.ids: list[str] = []
+        self.captions: list[str] = []
+        self._files: list[Path] = []
+        self._starts: list[int] = []
+        for shard in manifest["shards"]:
+            path = self.cache_dir / shard["file"]
+            header = _shard_header(path)
+            ids, caps = json.loads(header["ids"]), json.loads(header["captions"])
+            if len(ids) != shard["count"] or len(caps) != shard["count"]:
+                raise DataError(
+                    f"latent cache {path}: holds {len(ids)} examples, manifest says {shard['count']}"
+                )
+            self._starts.append(len(self.ids))
+            self._files.append(path)
+            self.ids.extend(ids)
+            self.captions.extend(caps)
+        self._handles: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getstate__(self) -> dict:
+        # File handles do not cross process boundaries (DataLoader workers reopen them).
+        state = self.__dict__.copy()
+        state["_handles"] = {}
+        return state
+
+    def _get(self, i: int, slot: str) -> torch.Tensor:
+        if not 0 <= i < len(self.ids):
+            raise IndexError(f"latent cache index {i} out of range (size {len(self.ids)})")
+        s = bisect_right(self._starts, i) - 1
+        if s not in self._handles:
+            self._handles[s] = safe_open(str(self._files[s]), framework="pt")
+        j = i - self._starts[s]
+        return self._handles[s].get_slice(slot)[j : j + 1][0].float()
+
+    def _slot(self, name: str, flip: bool) -> str:
+        if flip and not self.flips:
+            raise ValueError("this latent cache was built without random_flip; flipped latents do not exist")
+        return f"{name}_flip" if flip else name
+
+    def latents(self, i: int, flip: bool = False) -> torch.Tensor:
+        """Scaled latent [C, h, w] (float32) of example ``i``; for a pair cache, the preferred image."""
+        return self._get(i, self._slot("win" if self.pairs else "latents", flip))
+
+    def pair_latents(self, i: int, flip: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """(preferred, rejected) scaled latents of preference pair ``i``."""
+        if not self.pairs:
+            raise ValueError("this latent cache holds single images, not preference pairs")
+        return self._get(i, self._slot("win", flip)), self._get(i, self._slot("lose", flip))
+
+
+class LatentDataset(torch.utils.data.Dataset):
+    """Training view of a cache: per-epoch reproducible flips and caption dropout.
+
+    Items are dicts: ``id``, ``caption`` and ``latents`` (or ``latents_win`` and
+    ``latents_lose`` for preference pairs). Call ``set_epoch`` at each epoch.
+    """
+
+    def __init__(self, cache: LatentCache, cfg: DataConfig, epoch: int = 0) -> None:
+        self.cache = cache
+        self.caption_dropout = cfg.caption_dropout
+        self.random_flip = cfg.random_flip and cache.flips
+        self.seed = cfg.seed
+        self.epoch = epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.cache)
+
+    def __getitem__(self, i: int) -> dict:
+        ex_id = self.cache.ids[i]
+        flip = self.random_flip and flip_for(self.seed, ex_id, self.epoch)
+        caption = drop_caption(self.cache.captions[i], self.caption_dropout, self.seed, ex_id, self.epoch)
+        item: dict[str, Any] = {"id": ex_id, "caption": caption, "flip": flip}
+        if self.cache.pairs:
+            item["latents_win"], item["latents_lose"] = self.cache.pair_latents(i, flip)
+        else:
+            item["latents"] = self.cache.latents(i, flip)
+        return item
+
+
+# ---------------------------------------------------------------- building
+
+
+class _ShardWriter:
+    """Accumulates encoded examples and writes full shards atomically, updating the manifest."""
+
+    def __init__(self, cache_dir: Path, manifest: dict, slots: list[str], shard_size: int) -> None:
+        self.cache_dir = cache_dir
+        self.manifest = manifest
+        self.slots = slots
+        self.shard_size = shard_size
+        self.ids: list[str] = []
+        self.captions: list[str] = []
+        self.tensors: dict[str, list[torch.Tensor]] = {s: [] for s in slots}
+
+    def add(self, ex_id: str, caption: str, latents: dict[str, torch.Tensor]) -> None:
+        for slot, z in latents.items():
+            z16 = z.to(torch.float16)
+            if not torch.isfinite(z16).all():
+                raise DataError(
+                    f"example {ex_id}: the VAE produced non-finite latents (or values beyond float16); "
+                    "run the VAE in float32"
+                )
+            self.tensors[slot].append(z16)
+        self.ids.append(ex_id)
+        self.captions.append(caption)
+        if len(self.ids) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.ids:
+            return
+        shards = self.manifest["shards"]
+        name = f"{SHARD_PREFIX}{len(shards):05d}{SHARD_SUFFIX}"
+        tmp = self.cache_dir / (name + ".tmp")
+        tensors = {s: torch.stack(v).contiguous() for s, v in self.tensors.items()}
+        meta = {"ids": json.dumps(self.ids), "captions": json.dumps(self.captions)}
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, self.cache_dir / name)
+        shards.append({"file": name, "count": len(self.ids)})
+        self.manifest["count"] = sum(s["count"] for s in shards)
+        self.manifest["latent_shape"] = list(tensors[self.slots[0]].shape[1:])
+        _atomic_json(self.cache_dir / MANIFEST, self.manifest)
+        self.ids, self.captions = [], []
+        self.tensors = {s: [] for s in self.slots}
+
+
+def _valid_prefix(cache_dir: Path, shards: list[dict]) -> tuple[list[dict], set[str]]:
+    """Completed shards that still exist and match the manifest; their ids are not re-encoded."""
+    kept: list[dict] = []
+    done: set[str] = set()
+    for shard in shards:
+        path = cache_dir / shard["file"]
+        try:
+            ids = json.loads(_shard_header(path)["ids"])
+        except Exception:  # noqa: BLE001 - missing or damaged shard: stop keeping here
+            break
+        if len(ids) != shard["count"]:
+            break
+        kept.append(shard)
+        done.update(ids)
+    return kept, done
+
+
+def ensure_latent_cache(
+    cfg: DataConfig,
+    vae: Any,
+    cache_dir: Path,
+    *,
+    pairs: bool = False,
+    batch_size: int = 16,
+    show_progress: bool = True,
+    shard_size: int = 1024,
+) -> LatentCache:
+    """Return the latent cache for ``cfg`` and ``vae`` in ``cache_dir``, building or resuming it if needed.
+
+    ``batch_size`` counts images per ``vae.encode`` call (each example contributes
+    1, 2 or 4 images: flips and pair members). In multi-process training call it
+    on the main process first (e.g. ``accelerator.main_process_first()``).
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1 or shard_size < 1:
+        raise ValueError("batch_size and shard_size must be >= 1")
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    settings = _settings(cfg, vae, pairs)
+    key = _key(settings)
+    old = _read_manifest(cache_dir)
+
+    status = "built"
+    kept: list[dict] = []
+    done: set[str] = set()
+    if old is not None and old.get("key") == key:
+        kept, done = _valid_prefix(cache_dir, old.get("shards", []))
+        if old.get("complete") and len(kept) == len(old.get("shards", [])):
+            cache = LatentCache(cache_dir, old)
+            log.info("latent cache %s: reusing %d examples", cache_dir, len(cache))
+            return cache
+        status = "resumed" if kept else "built"
+        shard_size = int(old.get("shard_size", shard_size))
+    elif old is not None:
+        changed = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
+        log.warning(
+            "latent cache %s: settings changed (%s); rebuilding", cache_dir, ", ".join(changed) or "format"
+        )
+        status = "rebuilt"
+    if not kept:
+        _clear(cache_dir)
+    else:  # drop partial leftovers beyond the kept prefix
+        keep_files = {s["file"] for s in kept}
+        for p in cache_dir.glob(f"{SHARD_PREFIX}*"):
+            if p.name not in keep_files:
+                p.unlink()
+
+    manifest = {
+        "key": key,
+        "settings": settings,
+        "complete": False,
+        "shards": kept,
+        "count": sum(s["count"] for s in kept),
+        "shard_size": shard_size,
+        "dtype": "float16",
+        "slots": _slots(pairs, cfg.random_flip),
+        "data_path": os.path.abspath(cfg.path),
+        "spin_diffusion_version": __version__,
+    }
+    _atomic_json(cache_dir / MANIFEST, manifest)
+    writer = _ShardWriter(cache_dir, manifest, manifest["slots"], shard_size)
+    transform = ImageTransform(cfg)
+    source = DataSource(cfg, pairs)
+    encoded = 0
+    pending: list[tuple[str, str, dict[str, torch.Tensor]]] = []  # pixels per slot
+    n_pending = 0
+
+    def encode_pending() -> None:
+        nonlocal encoded, n_pending
+        flat = [px for _, _, slots in pending for px in slots.values()]
+        outs = [
+            encode_pixels(vae, torch.stack(flat[k : k + batch_size])) for k in range(0, len(flat), batch_size)
+        ]
+        latents = iter(torch.cat(outs)) if outs else iter(())
+        for ex_id, caption, slots in pending:
+            writer.add(ex_id, caption, {slot: next(latents) for slot in slots})
+        encoded += len(flat)
+        pending.clear()
+        n_pending = 0
+
+    bar = tqdm(total=None, initial=len(done), unit="ex", desc="encoding latents", disable=not show_progress)
+    try:
+        for ex_id, ex in source.iter_with_skips(done):
+            bar.update(1)
+            if ex is None:
+                continue
+            pending.append((ex_id, ex.caption, _pixels(ex, transform, cfg.random_flip)))
+            n_pending += len(pending[-1][2])
+            if n_pending >= batch_size:
+                encode_pending()
+        encode_pending()
+        writer.flush()
+    finally:
+        bar.close()
+    stats = source.stats
+    if stats.usable == 0:
+        raise DataError(
+            f"data.path {cfg.path}: no usable examples (run `spin-diffusion data check` for details)"
+        )
+    if stats.bad:
+        log.warning("data %s: skipped %d unusable examples: %s", cfg.path, stats.bad, stats.problems)
+    manifest.update(complete=True, stats=stats.to_dict())
+    _atomic_json(cache_dir / MANIFEST, manifest)
+    cache = LatentCache(cache_dir, manifest)
+    cache.encoded_count = encoded
+    cache.status = status
+    log.info("latent cache %s: %s, %d examples, %d images encoded", cache_dir, status, len(cache), encoded)
+    return cache
+
+
+def _pixels(ex: Example | PairExample, transform: ImageTransform, flips: bool) -> dict[str, torch.Tensor]:
+    """Pixel tensors for every slot of one example (the flipped crop is the mirror of the same crop)."""
+    if isinstance(ex, PairExample):
+        out = {"win": transform(ex.image_win, ex.id), "lose": transform(ex.image_lose, ex.id)}
+    else:
+        out = {"latents": transform(ex.image, ex.id)}
+    if flips:
+        out.update({f"{k}_flip": hflip(v) for k, v in list(out.items())})
+    return out

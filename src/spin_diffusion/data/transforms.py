@@ -1,0 +1,84 @@
+"""Pixel transforms (resize, crop, flip, [-1, 1] tensors) and caption dropout.
+
+Randomness is drawn from per-example generators seeded by (seed, purpose,
+example id, epoch), so results never depend on worker count or iteration
+order, and a rerun reproduces the same crops, flips and dropped captions.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+from PIL import Image
+
+from spin_diffusion.data.config import DataConfig
+
+
+def example_rng(seed: int, *keys: object) -> random.Random:
+    """A generator determined only by the seed and the keys (string seeding is stable across processes)."""
+    return random.Random(":".join([str(seed), *(str(k) for k in keys)]))
+
+
+def resize_shorter(img: Image.Image, resolution: int) -> Image.Image:
+    """Resize so the shorter side equals ``resolution``, keeping the aspect ratio (bicubic, antialiased)."""
+    w, h = img.size
+    scale = resolution / min(w, h)
+    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+    return img if size == (w, h) else img.resize(size, Image.Resampling.BICUBIC)
+
+
+def crop_square(img: Image.Image, resolution: int, *, center: bool, rng: random.Random | None) -> Image.Image:
+    """A ``resolution`` square: centred, or at a random offset drawn from ``rng``."""
+    w, h = img.size
+    if center or rng is None:
+        left, top = (w - resolution) // 2, (h - resolution) // 2
+    else:
+        left, top = rng.randint(0, w - resolution), rng.randint(0, h - resolution)
+    return img.crop((left, top, left + resolution, top + resolution))
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB image -> float32 tensor [3, H, W] in [-1, 1] (the VAE's input range)."""
+    arr = np.asarray(img.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous().div_(127.5).sub_(1.0)
+
+
+def hflip(x: torch.Tensor) -> torch.Tensor:
+    """Mirror a [..., H, W] tensor left-right."""
+    return torch.flip(x, dims=[-1])
+
+
+class ImageTransform:
+    """The configured image pipeline: resize shorter side, crop, optional flip, normalise."""
+
+    def __init__(self, cfg: DataConfig) -> None:
+        self.resolution = cfg.resolution
+        self.center_crop = cfg.center_crop
+        self.seed = cfg.seed
+
+    def square(self, img: Image.Image, example_id: str, epoch: int = 0) -> Image.Image:
+        """Resized and cropped PIL image (the crop offset is fixed per example id and epoch)."""
+        rng = None if self.center_crop else example_rng(self.seed, "crop", example_id, epoch)
+        return crop_square(
+            resize_shorter(img, self.resolution), self.resolution, center=self.center_crop, rng=rng
+        )
+
+    def __call__(
+        self, img: Image.Image, example_id: str, *, epoch: int = 0, flip: bool = False
+    ) -> torch.Tensor:
+        x = to_tensor(self.square(img, example_id, epoch))
+        return hflip(x) if flip else x
+
+
+def flip_for(seed: int, example_id: str, epoch: int) -> bool:
+    """Whether to flip this example in this epoch (probability 1/2, reproducible)."""
+    return example_rng(seed, "flip", example_id, epoch).random() < 0.5
+
+
+def drop_caption(caption: str, p: float, seed: int, example_id: str, epoch: int) -> str:
+    """``''`` with probability ``p`` (classifier-free guidance training), else the caption unchanged."""
+    if p <= 0.0:
+        return caption
+    return "" if example_rng(seed, "caption", example_id, epoch).random() < p else caption
