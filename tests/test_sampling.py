@@ -1,0 +1,127 @@
+"""Opponent sampling: per-sample determinism, shards + manifest, resume, refusal of mixed settings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from spin_diffusion.config import SamplingConfig
+from spin_diffusion.errors import CheckpointError
+from spin_diffusion.models import fingerprint_module, load_pipeline
+from spin_diffusion.sampling import generate_latents, sample_opponent, sample_seed, use_scheduler
+
+PROMPTS = ["a red circle", "a blue square", "a green circle on the left", "a red square", "a blue circle"]
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipeline_dir: Path):
+    pipe = load_pipeline(tiny_pipeline_dir)
+    use_scheduler(pipe, "dpmsolver++")
+    return pipe
+
+
+def test_same_seed_same_latents_whatever_the_batch_size(pipe) -> None:
+    seeds = [sample_seed(0, p, 0) for p in PROMPTS]
+    one = generate_latents(pipe, PROMPTS, seeds, num_inference_steps=4, guidance_scale=3.0, batch_size=1)
+    big = generate_latents(pipe, PROMPTS, seeds, num_inference_steps=4, guidance_scale=3.0, batch_size=5)
+    two = generate_latents(
+        pipe, PROMPTS[::-1], seeds[::-1], num_inference_steps=4, guidance_scale=3.0, batch_size=2
+    )
+    assert one.shape == (5, 4, 8, 8)
+    torch.testing.assert_close(one, big, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(one, two.flip(0), atol=1e-4, rtol=1e-4)
+    other = generate_latents(pipe, PROMPTS[:1], [seeds[0] + 1], num_inference_steps=4, guidance_scale=3.0)
+    assert (other[0] - one[0]).abs().max() > 1e-2
+
+
+def test_sample_seed_is_stable_and_distinct() -> None:
+    assert sample_seed(0, "id-1", 0) == sample_seed(0, "id-1", 0)
+    assert (
+        len(
+            {
+                sample_seed(0, "id-1", 0),
+                sample_seed(0, "id-1", 1),
+                sample_seed(1, "id-1", 0),
+                sample_seed(0, "id-2", 0),
+            }
+        )
+        == 4
+    )
+
+
+def test_sampling_writes_shards_resumes_and_refuses_other_settings(pipe, tmp_path: Path) -> None:
+    ids = [f"p{i}" for i in range(len(PROMPTS))]
+    settings = SamplingConfig(
+        num_samples_per_prompt=2,
+        num_inference_steps=3,
+        guidance_scale=2.0,
+        batch_size=4,
+        shard_size=2,
+        num_previews=4,
+    )
+    fp = fingerprint_module(pipe.unet)
+    out = tmp_path / "samples"
+    samples = sample_opponent(
+        pipe, ids, PROMPTS, settings, out, seed=7, model_fingerprint=fp, show_progress=False
+    )
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["num_prompts"] == 5 and len(manifest["shards"]) == 3
+    assert manifest["identity"]["model_fingerprint"] == fp
+    assert (out / "previews.png").is_file()
+    lat = samples.latents("p3")
+    assert lat.shape == (2, 4, 8, 8) and lat.dtype == torch.float16
+    assert (lat[0] - lat[1]).abs().max() > 1e-3  # two different samples per prompt
+
+    # interrupted run: drop the manifest and one shard, poison another: only the missing shard is regenerated
+    (out / "manifest.json").unlink()
+    (out / "shard-00001.safetensors").unlink()
+    kept = (out / "shard-00000.safetensors").stat().st_mtime_ns
+    again = sample_opponent(
+        pipe, ids, PROMPTS, settings, out, seed=7, model_fingerprint=fp, show_progress=False
+    )
+    assert (out / "shard-00000.safetensors").stat().st_mtime_ns == kept
+    torch.testing.assert_close(again.latents("p3"), lat)
+
+    # a complete directory is a no-op
+    mtime = (out / "manifest.json").stat().st_mtime_ns
+    sample_opponent(pipe, ids, PROMPTS, settings, out, seed=7, model_fingerprint=fp, show_progress=False)
+    assert (out / "manifest.json").stat().st_mtime_ns == mtime
+
+    # another model or other sampler settings are refused, never mixed
+    with pytest.raises(CheckpointError, match="model_fingerprint"):
+        sample_opponent(
+            pipe, ids, PROMPTS, settings, out, seed=7, model_fingerprint="other", show_progress=False
+        )
+    changed = settings.model_copy(update={"guidance_scale": 5.0})
+    with pytest.raises(CheckpointError, match="sampler"):
+        sample_opponent(pipe, ids, PROMPTS, changed, out, seed=7, model_fingerprint=fp, show_progress=False)
+
+
+def test_two_ranks_split_shards_and_give_identical_results(pipe, tmp_path: Path) -> None:
+    ids = [f"p{i}" for i in range(len(PROMPTS))]
+    settings = SamplingConfig(
+        num_samples_per_prompt=1, num_inference_steps=3, guidance_scale=2.0, shard_size=2, num_previews=0
+    )
+    single = sample_opponent(
+        pipe, ids, PROMPTS, settings, tmp_path / "one", seed=3, model_fingerprint="m", show_progress=False
+    )
+    # two processes, run one after the other: rank 1 writes only its shard and finds no manifest yet
+    from spin_diffusion import sampling
+
+    out = tmp_path / "two"
+    kwargs = dict(seed=3, model_fingerprint="m", world_size=2, show_progress=False)
+    with pytest.raises(CheckpointError, match="did not finish"):
+        sample_opponent(pipe, ids, PROMPTS, settings, out, rank=1, **kwargs)
+    assert [p.name for p in out.glob("shard-*")] == ["shard-00001.safetensors"]
+    sample_opponent(pipe, ids, PROMPTS, settings, out, rank=0, **kwargs)
+    assert sorted(p.name for p in out.glob("shard-*")) == [
+        "shard-00000.safetensors",
+        "shard-00001.safetensors",
+        "shard-00002.safetensors",
+    ]
+    both = sampling.OpponentSamples(out)
+    for pid in ids:
+        torch.testing.assert_close(both.latents(pid), single.latents(pid), atol=1e-3, rtol=1e-3)

@@ -1,0 +1,217 @@
+"""The shared training loop on synthetic latents: schedule, batching, reference paths, resume, NaN."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+from spin_diffusion.config import TrainingConfig
+from spin_diffusion.models import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
+from spin_diffusion.training import (
+    ModuleReference,
+    PrecomputedReference,
+    Trainer,
+    TrainingDiverged,
+    compute_loss,
+    encode_prompts,
+    list_checkpoints,
+    lr_factor,
+    make_batch,
+    micro_batch_items,
+    precompute_reference_errors,
+)
+
+CAPTIONS = [
+    "a red circle",
+    "a blue square",
+    "a green circle",
+    "a red square",
+    "a blue circle",
+    "a green square",
+]
+
+
+@dataclass
+class SyntheticPairs:
+    """Six examples with fixed random 'real' and 'generated' latents."""
+
+    poison: bool = False
+    paired: bool = True
+
+    def __post_init__(self) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.a = torch.randn(len(CAPTIONS), 4, 8, 8, generator=gen)
+        self.b = torch.randn(len(CAPTIONS), 4, 8, 8, generator=gen)
+        if self.poison:
+            self.a[:] = float("nan")
+
+    def __len__(self) -> int:
+        return len(CAPTIONS)
+
+    def caption(self, index: int) -> str:
+        return CAPTIONS[index]
+
+    def latents(self, index: int, epoch: int, rng: torch.Generator):
+        return self.a[index], self.b[index]
+
+
+def _accelerator():
+    from accelerate import Accelerator
+
+    return Accelerator(cpu=True)
+
+
+def _trainer(pipe, out_dir: Path, cfg: TrainingConfig, data=None, method: str = "spin") -> Trainer:
+    unet = frozen_copy(pipe.unet)
+    unet.requires_grad_(True)
+    sched = training_scheduler(pipe)
+    reference = ModuleReference(frozen_copy(pipe.unet), sched) if method != "sft" else None
+    return Trainer(
+        method=method,
+        cfg=cfg,
+        accelerator=_accelerator(),
+        unet=unet,
+        noise_scheduler=sched,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        data=data or SyntheticPairs(),
+        reference=reference,
+        out_dir=out_dir,
+        seed=11,
+        show_progress=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipeline_dir: Path):
+    return load_pipeline(tiny_pipeline_dir)
+
+
+def test_lr_schedule_warmup_then_decay() -> None:
+    cfg = TrainingConfig(max_steps=10, warmup_steps=2, lr_scheduler="linear")
+    assert [round(lr_factor(s, cfg), 3) for s in (0, 1, 2, 6, 10)] == [0.5, 1.0, 1.0, 0.5, 0.0]
+    const = TrainingConfig(max_steps=10, warmup_steps=0, lr_scheduler="constant")
+    assert lr_factor(7, const) == 1.0
+    cos = TrainingConfig(max_steps=10, lr_scheduler="cosine")
+    assert lr_factor(5, cos) == pytest.approx(0.5)
+
+
+def test_micro_batches_are_seeded_permutations_split_across_ranks() -> None:
+    ranks = [micro_batch_items(8, 0, batch_size=2, rank=r, world_size=2, seed=1) for r in (0, 1)]
+    step1 = [micro_batch_items(8, 1, batch_size=2, rank=r, world_size=2, seed=1) for r in (0, 1)]
+    epoch0 = [i for part in ranks + step1 for i, _ in part]
+    assert sorted(epoch0) == list(range(8))  # one epoch = two global micro-batches of 4
+    assert micro_batch_items(8, 2, batch_size=2, rank=0, world_size=2, seed=1)[0][1] == 1  # next epoch
+    assert micro_batch_items(8, 0, batch_size=2, rank=0, world_size=2, seed=1) == ranks[0]
+    assert micro_batch_items(8, 0, batch_size=2, rank=0, world_size=2, seed=2) != ranks[0]
+    tiny = micro_batch_items(3, 0, batch_size=4, rank=0, world_size=1, seed=1)
+    assert len(tiny) == 4 and set(i for i, _ in tiny) == {0, 1, 2}
+
+
+def test_batches_share_t_and_noise_between_members_and_are_reproducible() -> None:
+    data = SyntheticPairs()
+    b1 = make_batch(data, [(0, 0), (3, 0)], seed=5, num_train_timesteps=1000)
+    b2 = make_batch(data, [(3, 0), (0, 0)], seed=5, num_train_timesteps=1000)
+    assert b1.timesteps.tolist() == b2.timesteps.flip(0).tolist()
+    torch.testing.assert_close(b1.noise[0], b2.noise[1])
+    b3 = make_batch(data, [(0, 1)], seed=5, num_train_timesteps=1000)
+    assert not torch.equal(b3.noise[0], b1.noise[0])  # another epoch, another draw
+
+
+def test_precomputed_reference_gives_the_same_loss(pipe) -> None:
+    sched = training_scheduler(pipe)
+    data = SyntheticPairs()
+    cfg = TrainingConfig(beta=500.0)
+    model = frozen_copy(pipe.unet)
+    with torch.no_grad():  # make the trained model differ from the reference
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    ref = ModuleReference(frozen_copy(pipe.unet), sched)
+    table = precompute_reference_errors(
+        ref,
+        data,
+        pipe.text_encoder,
+        pipe.tokenizer,
+        epochs=2,
+        seed=3,
+        num_train_timesteps=1000,
+        caption_dropout=0.0,
+        batch_size=4,
+        show_progress=False,
+    )
+    assert table.shape == (2, 6, 2)
+    batch = make_batch(data, [(4, 1), (0, 0), (2, 1)], seed=3, num_train_timesteps=1000)
+    emb = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions)
+    live = compute_loss("spin", cfg, model, sched, ref, batch, emb)
+    pre = compute_loss("spin", cfg, model, sched, PrecomputedReference(table), batch, emb)
+    assert live.loss.item() == pytest.approx(pre.loss.item(), rel=1e-5)
+    assert live.metrics["implicit_acc"] == pre.metrics["implicit_acc"]
+    assert live.loss.item() != pytest.approx(0.6931, abs=1e-4)  # model != reference
+
+
+def test_resumed_training_matches_an_uninterrupted_run(pipe, tmp_path: Path) -> None:
+    cfg = TrainingConfig(
+        max_steps=4,
+        batch_size=2,
+        gradient_accumulation_steps=2,
+        checkpointing_steps=2,
+        learning_rate=1e-3,
+        warmup_steps=1,
+        checkpoints_total_limit=1,
+        trackers=[],
+    )
+    straight = _trainer(pipe, tmp_path / "straight", cfg)
+    result = straight.train()
+    assert result.steps == 4 and result.resumed_from is None
+    assert list_checkpoints(tmp_path / "straight" / "checkpoints")[-1][0] == 4  # limit 1 pruned step-2
+    assert len(list_checkpoints(tmp_path / "straight" / "checkpoints")) == 1
+
+    first = _trainer(pipe, tmp_path / "resumed", cfg.model_copy(update={"max_steps": 2}))
+    first.train()
+    second = _trainer(pipe, tmp_path / "resumed", cfg)
+    resumed = second.train()
+    assert resumed.resumed_from == 2 and resumed.steps == 4
+    assert fingerprint_module(second.acc.unwrap_model(second.unet)) == fingerprint_module(
+        straight.acc.unwrap_model(straight.unet)
+    )
+    log = [json.loads(line) for line in (tmp_path / "resumed" / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert {
+        "loss",
+        "implicit_acc",
+        "d_real",
+        "d_gen",
+        "ref_err_real",
+        "model_err_gen",
+        "grad_norm",
+        "lr",
+    } <= set(log[0])
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(pipe, tmp_path: Path) -> None:
+    cfg = TrainingConfig(max_steps=2, batch_size=2, trackers=[])
+    trainer = _trainer(pipe, tmp_path / "nan", cfg, data=SyntheticPairs(poison=True), method="sft")
+    with pytest.raises(TrainingDiverged, match="at step 1"):
+        trainer.train()
+    assert list_checkpoints(tmp_path / "nan" / "checkpoints") == []
+
+
+def test_sft_loss_goes_down(pipe, tmp_path: Path) -> None:
+    cfg = TrainingConfig(
+        max_steps=30,
+        batch_size=6,
+        learning_rate=3e-3,
+        lr_scheduler="constant",
+        trackers=[],
+        checkpointing_steps=100,
+    )
+    trainer = _trainer(pipe, tmp_path / "sft", cfg, method="sft")
+    trainer.train()
+    log = [
+        json.loads(line)["loss"] for line in (tmp_path / "sft" / "train_log.jsonl").read_text().splitlines()
+    ]
+    assert sum(log[-5:]) / 5 < sum(log[:5]) / 5
