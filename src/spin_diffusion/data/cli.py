@@ -18,6 +18,11 @@ app = typer.Typer(help="Inspect and validate training data.", no_args_is_help=Tr
 _DPO_METHODS = {"dpo", "diffusion_dpo", "diffusion-dpo"}
 
 
+@app.callback()
+def _group() -> None:
+    """Inspect and validate training data."""  # a callback keeps `check` a sub-command
+
+
 def _validation_message(exc: Any, prefix: str) -> str:
     """First pydantic error as one line: ``data.resolution: must be ...``."""
     err = exc.errors()[0]
@@ -98,7 +103,8 @@ def check(
         )
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        # SystemExit (not typer.Exit) so the code survives click's standalone_mode=False.
+        raise SystemExit(exc.exit_code) from None
 
 
 def _check(
@@ -163,4 +169,4 @@ def _check(
                 f"FAILED: {stats.bad} unusable examples (fix them or set data.skip_bad_examples: true)"
             )
     if not ok:
-        raise typer.Exit(1)
+        raise SystemExit(1)
