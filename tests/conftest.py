@@ -10,6 +10,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """One intra-op thread: the tiny models run faster, and results do not depend on the core count."""
+    import torch
+
+    torch.set_num_threads(1)
+
 WORDS = ["a", "red", "blue", "green", "circle", "square", "on", "the", "left", "right"]
 
 

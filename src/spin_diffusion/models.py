@@ -214,7 +214,7 @@ def frozen_copy(unet: torch.nn.Module, dtype: torch.dtype | None = None) -> torc
     ref = copy.deepcopy(unet)
     ref.requires_grad_(False)
     ref.eval()
-    if dtype is not None:
+    if dtype is not None and dtype != next(ref.parameters()).dtype:
         ref.to(dtype=dtype)
     return ref
 
