@@ -1,0 +1,37 @@
+"""``spin-diffusion evaluate CONFIG.yaml``: the standalone benchmark job.
+
+Only typer and the config module are imported at start-up; torch, diffusers and
+transformers load when the job runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def evaluate_command(
+    config: Annotated[Path, typer.Argument(help="evaluate job configuration (YAML)")],
+) -> None:
+    """Generate images for each model, score them, and write results.md/results.json, a grid and plots."""
+    from spin_diffusion.evaluation.config import load_job_config
+
+    job = load_job_config(config)
+    logger = logging.getLogger("spin_diffusion.evaluation")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[evaluate] %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    from spin_diffusion.evaluation.runner import evaluate_models
+
+    results = evaluate_models(
+        job.model_entries(), job.evaluation, Path(job.output_dir), baseline=job.baseline
+    )
+    out = Path(job.output_dir)
+    typer.echo(f"{len(results['mean'])} models x {results['n_prompts']} prompts evaluated")
+    typer.echo(f"report: {out / 'results.md'}")
+    typer.echo((out / "results.md").read_text().split("## Median")[0].rstrip())

@@ -1,0 +1,423 @@
+"""ImageReward (Xu et al., 2023), implemented here from its published architecture.
+
+The ``image-reward`` package pins an old timm and does not import with
+transformers 5, so the BLIP model it wraps is rebuilt in plain torch with the
+checkpoint's module names (keys of ``ImageReward.pt``):
+
+- ``blip.visual_encoder``: ViT (timm/BLIP layout: ``patch_embed.proj``, ``cls_token``,
+  ``pos_embed``, ``blocks.N.{norm1,attn.qkv,attn.proj,norm2,mlp.fc1,mlp.fc2}``, ``norm``),
+  pre-LN, LayerNorm eps 1e-6, GELU; ViT-L/16 at 224 px in the release;
+- ``blip.text_encoder``: BLIP's "MED" BERT (word + absolute position embeddings, no
+  token types), each layer self-attention -> cross-attention to all image tokens ->
+  feed-forward, post-LN eps 1e-12; bert-base in the release;
+- ``mlp.layers``: 768-1024-128-64-16-1 linear layers with dropout, no activation.
+
+reward = (mlp(text_output[:, 0]) - 0.16717362830052426) / 1.0333394966054072, the
+published normalisation (scale of the paper's tables: ~0.8 for SD-1.5). Text is the
+prompt tokenised by bert-base-uncased (+ the BLIP ``[DEC]``/``[ENC]`` special tokens),
+padded to 35 tokens; images get ``Resize(224, bicubic)`` + ``CenterCrop(224)`` + CLIP
+normalisation. Sizes (widths, depths, patch, image size) are read from the
+checkpoint's shapes; head counts use head width 64 (ViT-L: 16 heads, BERT-base: 12).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import nn
+
+from spin_diffusion.errors import CheckpointError
+from spin_diffusion.evaluation.scorer_base import (
+    CLIP_MEAN,
+    CLIP_STD,
+    BatchedScorer,
+    load_torch_state,
+    require_dir,
+    require_file,
+    resize_shorter_center_crop,
+    to_normalized_tensor,
+)
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+REWARD_MEAN = 0.16717362830052426
+REWARD_STD = 1.0333394966054072
+TEXT_MAX_LENGTH = 35
+HEAD_WIDTH = 64
+
+
+@dataclass
+class ImageRewardSpec:
+    """Sizes of the BLIP reward model; defaults are the released ViT-L/16 + BERT-base."""
+
+    image_size: int = 224
+    patch_size: int = 16
+    vision_width: int = 1024
+    vision_layers: int = 24
+    vision_heads: int = 16
+    vision_mlp: int = 4096
+    vocab_size: int = 30524
+    text_width: int = 768
+    text_layers: int = 12
+    text_heads: int = 12
+    text_mlp: int = 3072
+    max_positions: int = 512
+    mlp_dims: tuple[int, ...] = (1024, 128, 64, 16, 1)
+
+
+# ---------------------------------------------------------------- vision encoder
+class _VitAttention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = nn.functional.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class _VitMlp(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(nn.functional.gelu(self.fc1(x)))
+
+
+class _VitBlock(nn.Module):
+    def __init__(self, dim: int, heads: int, hidden: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = _VitAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = _VitMlp(dim, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class _PatchEmbed(nn.Module):
+    def __init__(self, patch: int, dim: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, dim, kernel_size=patch, stride=patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+class VisionEncoder(nn.Module):
+    """BLIP's ViT: returns every token's final state [B, 1 + patches, width]."""
+
+    def __init__(self, spec: ImageRewardSpec):
+        super().__init__()
+        grid = spec.image_size // spec.patch_size
+        self.patch_embed = _PatchEmbed(spec.patch_size, spec.vision_width)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, spec.vision_width))
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid * grid + 1, spec.vision_width))
+        self.blocks = nn.ModuleList(
+            _VitBlock(spec.vision_width, spec.vision_heads, spec.vision_mlp)
+            for _ in range(spec.vision_layers)
+        )
+        self.norm = nn.LayerNorm(spec.vision_width, eps=1e-6)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.patch_embed(pixels)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = x + self.pos_embed[:, : x.shape[1]]
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+# ------------------------------------------------------------------ text encoder
+class _BertEmbeddings(nn.Module):
+    def __init__(self, spec: ImageRewardSpec):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(spec.vocab_size, spec.text_width)
+        self.position_embeddings = nn.Embedding(spec.max_positions, spec.text_width)
+        self.LayerNorm = nn.LayerNorm(spec.text_width, eps=1e-12)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        return self.LayerNorm(self.word_embeddings(ids) + self.position_embeddings(pos)[None])
+
+
+class _BertSelfAttention(nn.Module):
+    def __init__(self, width: int, heads: int, kv_width: int):
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(width, width)
+        self.key = nn.Linear(kv_width, width)
+        self.value = nn.Linear(kv_width, width)
+
+    def _split(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        return x.view(b, n, self.heads, c // self.heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        q, k, v = self._split(self.query(x)), self._split(self.key(context)), self._split(self.value(context))
+        scores = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+        if bias is not None:
+            scores = scores + bias
+        out = scores.softmax(-1) @ v
+        return out.transpose(1, 2).reshape(x.shape)
+
+
+class _BertSelfOutput(nn.Module):
+    def __init__(self, width: int):
+        super().__init__()
+        self.dense = nn.Linear(width, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=1e-12)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(h) + residual)
+
+
+class _BertAttention(nn.Module):
+    def __init__(self, width: int, heads: int, kv_width: int):
+        super().__init__()
+        self.self = _BertSelfAttention(width, heads, kv_width)
+        self.output = _BertSelfOutput(width)
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return self.output(self.self(x, context, bias), x)
+
+
+class _BertIntermediate(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.dense = nn.Linear(width, hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.gelu(self.dense(x))
+
+
+class _BertOutput(nn.Module):
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden, width)
+        self.LayerNorm = nn.LayerNorm(width, eps=1e-12)
+
+    def forward(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dense(h) + residual)
+
+
+class _BertLayer(nn.Module):
+    def __init__(self, spec: ImageRewardSpec):
+        super().__init__()
+        self.attention = _BertAttention(spec.text_width, spec.text_heads, spec.text_width)
+        self.crossattention = _BertAttention(spec.text_width, spec.text_heads, spec.vision_width)
+        self.intermediate = _BertIntermediate(spec.text_width, spec.text_mlp)
+        self.output = _BertOutput(spec.text_width, spec.text_mlp)
+
+    def forward(self, x: torch.Tensor, text_bias: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        x = self.attention(x, x, text_bias)
+        x = self.crossattention(x, image, None)  # every image token is attended to
+        return self.output(self.intermediate(x), x)
+
+
+class _BertEncoder(nn.Module):
+    def __init__(self, spec: ImageRewardSpec):
+        super().__init__()
+        self.layer = nn.ModuleList(_BertLayer(spec) for _ in range(spec.text_layers))
+
+
+class TextEncoder(nn.Module):
+    """BLIP's multimodal BERT encoder (no pooler): returns every token's final state."""
+
+    def __init__(self, spec: ImageRewardSpec):
+        super().__init__()
+        self.embeddings = _BertEmbeddings(spec)
+        self.encoder = _BertEncoder(spec)
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, image_states: torch.Tensor) -> torch.Tensor:
+        # Padding tokens get -10000 added to their attention logits, as in BLIP.
+        bias = (1.0 - mask[:, None, None, :].to(image_states.dtype)) * -10000.0
+        x = self.embeddings(ids)
+        for layer in self.encoder.layer:
+            x = layer(x, bias, image_states)
+        return x
+
+
+class _Blip(nn.Module):
+    def __init__(self, spec: ImageRewardSpec):
+        super().__init__()
+        self.visual_encoder = VisionEncoder(spec)
+        self.text_encoder = TextEncoder(spec)
+
+
+class _RewardMlp(nn.Module):
+    def __init__(self, width: int, dims: tuple[int, ...]):
+        super().__init__()
+        a, b, c, d, e = dims
+        self.layers = nn.Sequential(
+            nn.Linear(width, a),
+            nn.Dropout(0.2),
+            nn.Linear(a, b),
+            nn.Dropout(0.2),
+            nn.Linear(b, c),
+            nn.Dropout(0.1),
+            nn.Linear(c, d),
+            nn.Linear(d, e),
+        )
+
+
+class ImageRewardModel(nn.Module):
+    """BLIP visual + multimodal text encoder and the reward head; ``forward`` gives normalised rewards."""
+
+    def __init__(self, spec: ImageRewardSpec | None = None):
+        super().__init__()
+        self.spec = spec or ImageRewardSpec()
+        self.blip = _Blip(self.spec)
+        self.mlp = _RewardMlp(self.spec.text_width, self.spec.mlp_dims)
+
+    def forward(self, pixels: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        image_states = self.blip.visual_encoder(pixels)
+        text = self.blip.text_encoder(ids, mask, image_states)
+        raw = self.mlp.layers(text[:, 0].float()).squeeze(-1)
+        return (raw - REWARD_MEAN) / REWARD_STD
+
+
+# ---------------------------------------------------------------------- loading
+def _count(state: dict[str, torch.Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    ids = {int(m.group(1)) for k in state if (m := pattern.match(k))}
+    if not ids:
+        raise CheckpointError(f"ImageReward checkpoint has no {prefix}N weights")
+    return max(ids) + 1
+
+
+def spec_from_state_dict(state: dict[str, torch.Tensor]) -> ImageRewardSpec:
+    """Read every size from the checkpoint's shapes."""
+    need = (
+        "blip.visual_encoder.patch_embed.proj.weight",
+        "blip.visual_encoder.pos_embed",
+        "blip.text_encoder.embeddings.word_embeddings.weight",
+        "blip.text_encoder.embeddings.position_embeddings.weight",
+        "mlp.layers.0.weight",
+    )
+    missing = [k for k in need if k not in state]
+    if missing:
+        raise CheckpointError(f"not an ImageReward checkpoint: missing {', '.join(missing[:3])}")
+    v_width, _, patch, _ = state["blip.visual_encoder.patch_embed.proj.weight"].shape
+    grid = int(round((state["blip.visual_encoder.pos_embed"].shape[1] - 1) ** 0.5))
+    vocab, t_width = state["blip.text_encoder.embeddings.word_embeddings.weight"].shape
+    try:
+        v_mlp = state["blip.visual_encoder.blocks.0.mlp.fc1.weight"].shape[0]
+        t_mlp = state["blip.text_encoder.encoder.layer.0.intermediate.dense.weight"].shape[0]
+        dims = tuple(state[f"mlp.layers.{i}.weight"].shape[0] for i in (0, 2, 4, 6, 7))
+    except KeyError as exc:
+        raise CheckpointError(f"not an ImageReward checkpoint: missing {exc.args[0]}") from exc
+    if v_width % HEAD_WIDTH or t_width % HEAD_WIDTH:
+        raise CheckpointError(
+            f"ImageReward checkpoint widths {v_width}/{t_width} are not multiples of {HEAD_WIDTH}"
+        )
+    return ImageRewardSpec(
+        image_size=grid * patch,
+        patch_size=patch,
+        vision_width=v_width,
+        vision_layers=_count(state, "blip.visual_encoder.blocks."),
+        vision_heads=v_width // HEAD_WIDTH,
+        vision_mlp=v_mlp,
+        vocab_size=vocab,
+        text_width=t_width,
+        text_layers=_count(state, "blip.text_encoder.encoder.layer."),
+        text_heads=t_width // HEAD_WIDTH,
+        text_mlp=t_mlp,
+        max_positions=state["blip.text_encoder.embeddings.position_embeddings.weight"].shape[0],
+        mlp_dims=dims,
+    )
+
+
+# Only these parts score; other BLIP weights (vision_proj, text_proj, ...) and buffers are ignored.
+_USED = re.compile(r"^(blip\.visual_encoder\.|blip\.text_encoder\.|mlp\.)")
+
+
+def load_imagereward_model(path: str | Path) -> ImageRewardModel:
+    """An ``ImageRewardModel`` from ``ImageReward.pt`` (read with ``weights_only=True``)."""
+    p = require_file(path, "ImageReward checkpoint")
+    state = load_torch_state(p, "ImageReward checkpoint")
+    spec = spec_from_state_dict(state)
+    model = ImageRewardModel(spec)
+    wanted = {k: v.float() for k, v in state.items() if _USED.match(k) and not k.endswith("position_ids")}
+    missing, unexpected = model.load_state_dict(wanted, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"ImageReward checkpoint {p} does not fit the BLIP reward layout: "
+            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
+        )
+    return model.eval()
+
+
+def load_blip_tokenizer(path: str | Path):
+    """bert-base-uncased's tokenizer with BLIP's added ``[DEC]`` (bos) and ``[ENC]`` tokens."""
+    from transformers import BertTokenizer
+
+    p = require_dir(path, "ImageReward tokenizer")
+    if not ((p / "vocab.txt").is_file() or (p / "tokenizer.json").is_file()):
+        raise CheckpointError(
+            f"ImageReward tokenizer {p} holds no BERT tokenizer (vocab.txt or tokenizer.json)"
+        )
+    try:
+        tok = BertTokenizer.from_pretrained(str(p), local_files_only=True)
+    except (OSError, ValueError, TypeError) as exc:
+        raise CheckpointError(
+            f"ImageReward tokenizer {p} holds no BERT tokenizer (vocab.txt): {exc}"
+        ) from exc
+    tok.add_special_tokens({"bos_token": "[DEC]"})
+    tok.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
+    return tok
+
+
+class ImageRewardScorer(BatchedScorer):
+    """ImageReward from a local ``ImageReward.pt`` and a local bert-base-uncased tokenizer dir."""
+
+    name = "imagereward"
+
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        tokenizer_path: str | Path,
+        *,
+        device: str = "cpu",
+        batch_size: int = 16,
+        name: str | None = None,
+    ):
+        super().__init__(device, batch_size)
+        self.name = name or self.name
+        self.model = load_imagereward_model(checkpoint).to(device)
+        self.tokenizer = load_blip_tokenizer(tokenizer_path)
+        if len(self.tokenizer) > self.model.spec.vocab_size:
+            raise CheckpointError(
+                f"ImageReward tokenizer has {len(self.tokenizer)} tokens but the checkpoint's text encoder "
+                f"has {self.model.spec.vocab_size}: use the bert-base-uncased tokenizer"
+            )
+
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        size = self.model.spec.image_size
+        return to_normalized_tensor(
+            [resize_shorter_center_crop(im, size) for im in images], CLIP_MEAN, CLIP_STD
+        )
+
+    def _score_batch(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
+        text = self.tokenizer(
+            prompts, padding="max_length", truncation=True, max_length=TEXT_MAX_LENGTH, return_tensors="pt"
+        )
+        return self.model(
+            self.preprocess(images).to(self.device),
+            text["input_ids"].to(self.device),
+            text["attention_mask"].to(self.device),
+        )

@@ -1,0 +1,381 @@
+"""The benchmark: generate N images per prompt per model, score them all, write the paper's tables.
+
+Every stage is cached in the output directory (see ``store``): images are
+written one by one as they are made, scores are appended as each batch is
+scored, so an interrupted evaluation resumes at image granularity, and calling
+again with one more model (as the self-play driver does after each iteration)
+only generates and scores that model.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spin_diffusion.errors import ConfigError
+from spin_diffusion.evaluation.config import EvaluationConfig, ModelEntry, ScorerConfig, check_model_name
+from spin_diffusion.evaluation.store import (
+    EvalStore,
+    ScoreKey,
+    file_hash,
+    prompt_id,
+    save_image_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
+
+if TYPE_CHECKING:
+    import numpy as np
+    from PIL import Image
+
+log = logging.getLogger("spin_diffusion.evaluation")
+SCORE_CHUNK = 64  # images scored between two appends to scores.jsonl
+
+
+def _entries(models: Mapping[str, Any]) -> dict[str, ModelEntry]:
+    out: dict[str, ModelEntry] = {}
+    if not models:
+        raise ConfigError("evaluate_models needs at least one model")
+    for name, value in models.items():
+        check_model_name(name)
+        if isinstance(value, ModelEntry):
+            out[name] = value
+        elif isinstance(value, Mapping):
+            out[name] = ModelEntry.model_validate(dict(value))
+        else:
+            out[name] = ModelEntry(path=str(value))
+    return out
+
+
+def resolve_prompts(cfg: EvaluationConfig) -> list[str]:
+    if isinstance(cfg.prompts, list):
+        return list(cfg.prompts)
+    from spin_diffusion.data.prompts import load_prompts
+
+    prompts = load_prompts(cfg.prompts)
+    if not prompts:
+        raise ConfigError(f"evaluation.prompts: {cfg.prompts.path} gave no prompts")
+    return prompts
+
+
+def image_seed(cfg: EvaluationConfig, pid: str, j: int) -> int:
+    """Image j of a prompt gets the same seed for every model."""
+    from spin_diffusion.sampling import sample_seed
+
+    return sample_seed(cfg.seed, pid, j)
+
+
+def _model_record(entry: ModelEntry, cfg: EvaluationConfig) -> dict[str, Any]:
+    def norm(p: str | None) -> str | None:
+        if p is None:
+            return None
+        path = Path(p).expanduser()
+        return str(path.resolve()) if path.exists() else p
+
+    return {"path": norm(entry.path), "lora_path": norm(entry.lora_path), **cfg.sampling_fingerprint()}
+
+
+def ensure_images(
+    store: EvalStore, name: str, entry: ModelEntry, prompts: list[str], cfg: EvaluationConfig, device: str
+) -> int:
+    """Generate the images of ``name`` that are not on disk yet; returns how many were made."""
+    store.check_model(name, _model_record(entry, cfg))
+    todo: dict[tuple[str, int], str] = {}
+    for p in prompts:
+        pid = prompt_id(p)
+        for j in range(cfg.n_images_per_prompt):
+            if not store.image_path(name, pid, j).is_file():
+                todo.setdefault((pid, j), p)
+    if not todo:
+        return 0
+    from spin_diffusion.models import load_pipeline
+    from spin_diffusion.sampling import generate_images, use_scheduler
+
+    log.info("%s: generating %d images", name, len(todo))
+    pipe = load_pipeline(entry.path, lora_path=entry.lora_path)
+    pipe.to(device)
+    use_scheduler(pipe, cfg.scheduler)
+    items = list(todo.items())
+    for start in range(0, len(items), cfg.batch_size):
+        chunk = items[start : start + cfg.batch_size]
+        images = generate_images(
+            pipe,
+            [p for _, p in chunk],
+            [image_seed(cfg, pid, j) for (pid, j), _ in chunk],
+            num_inference_steps=cfg.num_inference_steps,
+            guidance_scale=cfg.guidance_scale,
+            batch_size=cfg.batch_size,
+        )
+        for ((pid, j), _), image in zip(chunk, images, strict=True):
+            save_image_atomic(image, store.image_path(name, pid, j))
+    del pipe
+    gc.collect()
+    return len(todo)
+
+
+def _open_image(path: Path) -> Image.Image:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def score_images(
+    store: EvalStore,
+    models: list[str],
+    prompts: list[str],
+    cfg: EvaluationConfig,
+    device: str,
+    scorer_cfg: ScorerConfig,
+    hashes: dict[Path, str],
+) -> int:
+    """Score every image that has no valid stored score for this scorer; returns how many."""
+    fp = scorer_cfg.fingerprint()
+    todo: list[tuple[ScoreKey, Path, str, str]] = []
+    seen: set[ScoreKey] = set()
+    for name in models:
+        for p in prompts:
+            pid = prompt_id(p)
+            for j in range(cfg.n_images_per_prompt):
+                key = ScoreKey(name, pid, j, scorer_cfg.metric)
+                if key in seen:
+                    continue
+                seen.add(key)
+                path = store.image_path(name, pid, j)
+                sha = hashes.setdefault(path, file_hash(path))
+                if store.stored_score(key, fp, sha) is None:
+                    todo.append((key, path, sha, p))
+    if not todo:
+        return 0
+    from spin_diffusion.evaluation.registry import build_scorer
+
+    log.info("%s: scoring %d images", scorer_cfg.metric, len(todo))
+    scorer = build_scorer(scorer_cfg, device)
+    for start in range(0, len(todo), SCORE_CHUNK):
+        chunk = todo[start : start + SCORE_CHUNK]
+        values = scorer.score([_open_image(path) for _, path, _, _ in chunk], [p for *_, p in chunk])
+        store.add_scores(
+            {
+                "model": key.model,
+                "prompt_id": key.prompt_id,
+                "image_index": key.image_index,
+                "metric": key.metric,
+                "scorer": fp,
+                "image_sha": sha,
+                "value": float(v),
+            }
+            for (key, _, sha, _), v in zip(chunk, values.tolist(), strict=True)
+        )
+    del scorer
+    gc.collect()
+    return len(todo)
+
+
+def build_table(
+    store: EvalStore, models: list[str], prompts: list[str], cfg: EvaluationConfig, hashes: dict[Path, str]
+) -> dict[str, dict[str, np.ndarray]]:
+    """``table[metric][model]``: [prompts, images] array from the stored scores."""
+    import numpy as np
+
+    table: dict[str, dict[str, np.ndarray]] = {}
+    for s in cfg.scorers:
+        fp = s.fingerprint()
+        table[s.metric] = {}
+        for name in models:
+            arr = np.empty((len(prompts), cfg.n_images_per_prompt), dtype=np.float64)
+            for i, p in enumerate(prompts):
+                pid = prompt_id(p)
+                for j in range(cfg.n_images_per_prompt):
+                    path = store.image_path(name, pid, j)
+                    v = store.stored_score(ScoreKey(name, pid, j, s.metric), fp, hashes[path])
+                    if v is None:
+                        raise RuntimeError(f"missing score {s.metric} for {path}")
+                    arr[i, j] = v
+            table[s.metric][name] = arr
+    return table
+
+
+def _write_wide_scores(
+    path: Path, table: dict[str, dict[str, np.ndarray]], prompts: list[str], cfg: EvaluationConfig
+) -> None:
+    """One row per image with every metric as a column (parquet), for analysis in pandas."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    metrics = list(table)
+    models = list(table[metrics[0]])
+    cols: dict[str, list[Any]] = {"model": [], "prompt_id": [], "prompt": [], "image_index": [], "seed": []}
+    cols.update({m: [] for m in metrics})
+    for name in models:
+        for i, p in enumerate(prompts):
+            pid = prompt_id(p)
+            for j in range(cfg.n_images_per_prompt):
+                cols["model"].append(name)
+                cols["prompt_id"].append(pid)
+                cols["prompt"].append(p)
+                cols["image_index"].append(j)
+                cols["seed"].append(image_seed(cfg, pid, j))
+                for m in metrics:
+                    cols[m].append(float(table[m][name][i, j]))
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    pq.write_table(pa.table(cols), tmp)
+    os.replace(tmp, path)
+
+
+def _distribution(
+    store: EvalStore, models: list[str], prompts: list[str], cfg: EvaluationConfig, device: str, hashes: dict
+) -> dict[str, dict[str, float]]:
+    """FID/KID per model, cached by (image hashes, reference, settings)."""
+    import hashlib
+    import json
+
+    from spin_diffusion.evaluation import distribution as dist
+
+    dcfg = cfg.distribution
+    assert dcfg is not None
+    ref_dir = Path(dcfg.reference_dir)
+    ref_files = sorted(f.name for f in ref_dir.iterdir()) if ref_dir.is_dir() else []
+    settings = json.dumps([dcfg.model_dump(mode="json"), ref_files], sort_keys=True)
+    cache_path = store.root / "distribution_cache.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    keys = {}
+    for name in models:
+        h = hashlib.blake2b(settings.encode(), digest_size=8)
+        for p in prompts:
+            for j in range(cfg.n_images_per_prompt):
+                h.update(hashes[store.image_path(name, prompt_id(p), j)].encode())
+        keys[name] = h.hexdigest()
+    todo = [n for n in models if cache.get(n, {}).get("key") != keys[n]]
+    if todo:
+        log.info("FID/KID for %s", ", ".join(todo))
+        feature = dist.build_feature_extractor(dcfg, device)
+        size = 299 if isinstance(feature, int) else 224
+        reference = dist.images_to_tensor(dist.read_image_dir(ref_dir, dcfg.max_reference_images), size)
+        generated = {
+            n: dist.images_to_tensor(
+                [
+                    _open_image(store.image_path(n, prompt_id(p), j))
+                    for p in prompts
+                    for j in range(cfg.n_images_per_prompt)
+                ],
+                size,
+            )
+            for n in todo
+        }
+        values = dist.distribution_metrics(
+            generated,
+            reference,
+            feature,
+            kid_subset_size=dcfg.kid_subset_size,
+            kid_subsets=dcfg.kid_subsets,
+            batch_size=dcfg.batch_size,
+            feature_weights=dcfg.feature_path if isinstance(feature, int) else None,
+            seed=cfg.seed,
+        )
+        for n, v in values.items():
+            cache[n] = {"key": keys[n], "values": v}
+        write_json_atomic(cache_path, cache)
+    return {n: cache[n]["values"] for n in models}
+
+
+def aggregate_results(
+    table: dict[str, dict[str, np.ndarray]], cfg: EvaluationConfig, baseline: str | None
+) -> dict[str, Any]:
+    """Mean, median, best-of-N and win rates from a score table (the pure part of the report)."""
+    from spin_diffusion.evaluation import aggregate as agg
+
+    return {
+        "mean": agg.summary(table, "mean"),
+        "median": agg.summary(table, "median"),
+        "best_of_n": {rule: agg.best_of_n(table, rule) for rule in cfg.best_of_n},
+        "win_rate": agg.win_rates(table, cfg.win_rate_unit),
+        "baseline": baseline,
+    }
+
+
+def evaluate_models(
+    models: Mapping[str, Any],
+    cfg: EvaluationConfig,
+    out_dir: str | Path,
+    *,
+    baseline: str | None = None,
+) -> dict[str, Any]:
+    """Evaluate ``models`` (name -> pipeline path, or {path, lora_path}) and write the report.
+
+    Writes into ``out_dir``: images, ``scores.jsonl`` (+ ``scores.parquet``),
+    ``results.json`` (the returned dict), ``results.md``, ``grid.png`` and
+    ``plots/*.png``. ``baseline`` (default: the first model) is the model the
+    win-rate table and plot compare against; win rates of every ordered pair
+    are in the dict either way.
+    """
+    from spin_diffusion.evaluation.scorer_base import resolve_device
+
+    entries = _entries(models)
+    names = list(entries)
+    baseline = baseline if baseline is not None else names[0]
+    if baseline not in entries:
+        raise ConfigError(f"baseline {baseline!r} is not one of the models ({', '.join(names)})")
+    store = EvalStore(Path(out_dir))
+    prompts = resolve_prompts(cfg)
+    device = resolve_device(cfg.device)
+    write_json_atomic(store.root / "prompts.json", [{"id": prompt_id(p), "prompt": p} for p in prompts])
+
+    for name, entry in entries.items():
+        ensure_images(store, name, entry, prompts, cfg, device)
+    hashes: dict[Path, str] = {}
+    for scorer_cfg in cfg.scorers:
+        score_images(store, names, prompts, cfg, device, scorer_cfg, hashes)
+    table = build_table(store, names, prompts, cfg, hashes)
+
+    results: dict[str, Any] = {
+        "models": {n: e.model_dump() for n, e in entries.items()},
+        "metrics": cfg.metrics,
+        "metric_kinds": {s.metric: s.kind for s in cfg.scorers},
+        "n_prompts": len(prompts),
+        "settings": {
+            "n_images_per_prompt": cfg.n_images_per_prompt,
+            "seed": cfg.seed,
+            "num_inference_steps": cfg.num_inference_steps,
+            "guidance_scale": cfg.guidance_scale,
+            "scheduler": cfg.scheduler,
+            "win_rate_unit": cfg.win_rate_unit,
+            "best_of_n": list(cfg.best_of_n),
+            "prompts": cfg.prompts if isinstance(cfg.prompts, list) else cfg.prompts.model_dump(mode="json"),
+        },
+    }
+    results.update(aggregate_results(table, cfg, baseline))
+    if cfg.distribution is not None:
+        results["distribution"] = _distribution(store, names, prompts, cfg, device, hashes)
+        results["distribution_reference"] = cfg.distribution.reference_dir
+        results["distribution_feature"] = f"{cfg.distribution.feature} ({cfg.distribution.feature_path})"
+
+    artefacts = {"scores": "scores.jsonl", "scores_table": "scores.parquet", "results": "results.json"}
+    _write_wide_scores(store.root / "scores.parquet", table, prompts, cfg)
+    if cfg.grid_prompts > 0:
+        from spin_diffusion.evaluation.plots import labelled_grid
+
+        shown = list(dict.fromkeys(prompts))[: cfg.grid_prompts]
+        rows = {n: [_open_image(store.image_path(n, prompt_id(p), 0)) for p in shown] for n in names}
+        grid = labelled_grid(rows)
+        save_image_atomic(grid, store.root / "grid.png")
+        artefacts["grid"] = "grid.png"
+    from spin_diffusion.evaluation.plots import plot_metrics, plot_win_rates
+
+    plot_metrics(results, store.root / "plots" / "metrics.png")
+    artefacts["metrics_plot"] = "plots/metrics.png"
+    if len(names) > 1:
+        plot_win_rates(results, baseline, store.root / "plots" / "win_rate.png")
+        artefacts["win_rate_plot"] = "plots/win_rate.png"
+    results["artefacts"] = artefacts
+
+    from spin_diffusion.evaluation.report import render_markdown
+
+    write_json_atomic(store.root / "results.json", results)
+    write_text_atomic(store.root / "results.md", render_markdown(results))
+    log.info("wrote %s", store.root / "results.md")
+    return results
