@@ -1,6 +1,8 @@
 """Read image-caption examples (or preference pairs) from the formats users bring.
 
-Reading is split in two steps so that training can validate lazily and the
+Parquet is scanned with Arrow in small batches (flat memory whatever the file
+size); Hugging Face datasets are read with ``datasets`` (memory-mapped or
+streamed). Reading is split in two steps so that training can validate lazily and the
 latent cache can resume cheaply: ``iter_records`` walks rows without decoding
 images (stream/memory-map, never the whole table in RAM), ``materialise``
 decodes and checks one row. ``open_source`` combines them with the
@@ -242,11 +244,29 @@ def _imagefolder_records(cfg: DataConfig) -> Iterator[Record]:
 # ---------------------------------------------------------------- parquet / pickapic
 
 
-def _stream_parquet(f: Path, columns: list[str]) -> Iterator[dict]:
-    import datasets
+def _stream_parquet(f: Path, columns: list[str], batch_size: int = 256) -> Iterator[dict]:
+    """Rows of the wanted columns, a small batch at a time, through Arrow's dataset scanner.
 
-    ds = datasets.load_dataset("parquet", data_files=[str(f)], split="train", streaming=True, columns=columns)
-    return _guarded(_decode_off(ds, columns), str(f))
+    ``datasets``' own parquet streaming (5.2) held memory proportional to the
+    file (550 MB of Arrow buffers for a 600 MB file, measured); a fragment scan
+    with pre-buffering off stays flat (~50 MB) and is several times faster.
+    """
+    import pyarrow.dataset as pds
+    import pyarrow.fs as pfs
+
+    fmt = pds.ParquetFileFormat(
+        default_fragment_scan_options=pds.ParquetFragmentScanOptions(pre_buffer=False)
+    )
+    fragment = fmt.make_fragment(str(f.resolve()), filesystem=pfs.LocalFileSystem())
+    wanted = list(dict.fromkeys(columns))
+
+    def rows() -> Iterator[dict]:
+        for batch in fragment.to_batches(
+            batch_size=batch_size, columns=wanted, batch_readahead=0, fragment_readahead=0
+        ):
+            yield from batch.to_pylist()
+
+    return _guarded(rows(), str(f))
 
 
 def _parquet_columns(f: Path) -> list[str]:
