@@ -184,7 +184,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
 
     accelerator = Accelerator(
         mixed_precision=cfg.training.mixed_precision,
-        log_with=[t for t in cfg.training.trackers if t != "wandb" or _wandb_available()],
+        log_with=[t for t in cfg.training.trackers if t != "wandb" or _wandb_available()] or None,
         project_dir=str(cfg.run_dir / "logs"),
     )
     set_seed(cfg.seed)

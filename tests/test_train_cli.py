@@ -1,0 +1,292 @@
+"""`spin-diffusion train` end to end on a tiny pipeline: SPIN, SFT, DPO (LoRA), resume, refusals."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from spin_diffusion.cli import main
+
+COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
+
+
+def _square(colour: str, shape: str) -> Image.Image:
+    img = np.full((16, 16, 3), 255, np.uint8)
+    if shape == "square":
+        img[4:12, 4:12] = COLOURS[colour]
+    else:
+        yy, xx = np.mgrid[:16, :16]
+        img[(yy - 8) ** 2 + (xx - 8) ** 2 < 16] = COLOURS[colour]
+    return Image.fromarray(img)
+
+
+@pytest.fixture(scope="module")
+def imagefolder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("imagefolder")
+    rows = []
+    for i in range(8):
+        colour, shape = list(COLOURS)[i % 3], ["circle", "square"][i % 2]
+        _square(colour, shape).save(root / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": f"a {colour} {shape}"}))
+    (root / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def pickapic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def png(img: Image.Image) -> bytes:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        return buf.getvalue()
+
+    rows = {"caption": [], "jpg_0": [], "jpg_1": [], "label_0": [], "label_1": []}
+    for i in range(6):
+        colour = list(COLOURS)[i % 3]
+        rows["caption"].append(f"a {colour} square")
+        rows["jpg_0"].append(png(_square(colour, "square")))
+        rows["jpg_1"].append(png(_square(colour, "circle")))
+        rows["label_0"].append(1.0 if i % 2 else 0.0)
+        rows["label_1"].append(0.0 if i % 2 else 1.0)
+    path = tmp_path_factory.mktemp("pickapic") / "train.parquet"
+    pq.write_table(pa.table(rows), path)
+    return path
+
+
+def _config(tmp_path: Path, pipeline: Path, data: dict, **overrides) -> Path:
+    cfg = {
+        "name": "run",
+        "output_dir": str(tmp_path / "runs"),
+        "method": "spin",
+        "model": {"pretrained": str(pipeline)},
+        "data": {"resolution": 16, **data},
+        "sampling": {
+            "num_inference_steps": 3,
+            "guidance_scale": 2.0,
+            "batch_size": 8,
+            "shard_size": 4,
+            "num_previews": 4,
+        },
+        "training": {
+            "max_steps": 2,
+            "batch_size": 4,
+            "checkpointing_steps": 1,
+            "learning_rate": 1e-4,
+            "trackers": [],
+        },
+        "iterations": [{"beta": 2000}, {"beta": 5000, "max_steps": 1}],
+    }
+    for key, value in overrides.items():
+        cfg[key] = value
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _plain_pipeline(base: Path, model_dir: Path):
+    from diffusers import StableDiffusionPipeline, UNet2DConditionModel
+
+    if (model_dir / "unet").is_dir():
+        unet = UNet2DConditionModel.from_pretrained(str(model_dir / "unet"))
+        return StableDiffusionPipeline.from_pretrained(str(base), unet=unet, safety_checker=None)
+    pipe = StableDiffusionPipeline.from_pretrained(str(base), safety_checker=None)
+    pipe.load_lora_weights(str(model_dir), weight_name="pytorch_lora_weights.safetensors")
+    return pipe
+
+
+def _sample_ok(pipe) -> None:
+    import torch
+
+    out = pipe(
+        ["a red square"], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    )
+    assert np.isfinite(out.images).all()
+
+
+def test_spin_two_iterations_then_a_rerun_is_a_no_op(
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
+) -> None:
+    cfg = _config(tmp_path, tiny_pipeline_dir, {"source": "imagefolder", "path": str(imagefolder)})
+    assert main(["train", str(cfg)]) == 0
+    run = tmp_path / "runs" / "run"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["training"]["weight_decay"] == 0.01  # resolved defaults are recorded
+    results = json.loads((run / "results.json").read_text())
+    assert [it["iteration"] for it in results["iterations"]] == [1, 2]
+    it1, it2 = results["iterations"]
+    assert it1["training"]["beta"] == 2000 and it2["training"]["beta"] == 5000 and it2["steps"] == 1
+    assert it2["opponent_fingerprint"] == it1["model_fingerprint"] != it1["opponent_fingerprint"]
+    manifest = json.loads((run / "iter-2" / "samples" / "manifest.json").read_text())
+    assert manifest["identity"]["model_fingerprint"] == it1["model_fingerprint"]
+    assert manifest["identity"]["sampler"]["num_inference_steps"] == 3
+    for k in (1, 2):
+        _sample_ok(_plain_pipeline(tiny_pipeline_dir, run / f"iter-{k}" / "model"))
+    log = [json.loads(line) for line in (run / "iter-1" / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # theta == opponent at the first step
+
+    stamp = (run / "iter-2" / "iteration.json").stat().st_mtime_ns
+    assert main(["train", str(cfg)]) == 0
+    assert (run / "iter-2" / "iteration.json").stat().st_mtime_ns == stamp
+
+
+def test_sft_and_lora_dpo_runs(
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path, pickapic: Path
+) -> None:
+    sft = _config(
+        tmp_path / "a",
+        tiny_pipeline_dir,
+        {"source": "imagefolder", "path": str(imagefolder)},
+        method="sft",
+        iterations=[{}],
+    )
+    assert main(["train", str(sft), "--set", "training.snr_gamma=5"]) == 0
+    _sample_ok(_plain_pipeline(tiny_pipeline_dir, tmp_path / "a" / "runs" / "run" / "iter-1" / "model"))
+
+    dpo = _config(
+        tmp_path / "b",
+        tiny_pipeline_dir,
+        {"source": "pickapic", "path": str(pickapic)},
+        method="dpo",
+        iterations=[{"beta": 2500}],
+        model={"pretrained": str(tiny_pipeline_dir), "lora": {"enabled": True, "rank": 2}},
+    )
+    assert main(["train", str(dpo)]) == 0
+    model_dir = tmp_path / "b" / "runs" / "run" / "iter-1" / "model"
+    assert (model_dir / "pytorch_lora_weights.safetensors").is_file()
+    _sample_ok(_plain_pipeline(tiny_pipeline_dir, model_dir))
+    log = [json.loads(line) for line in (model_dir.parent / "train_log.jsonl").read_text().splitlines()]
+    assert {"d_win", "d_lose", "implicit_acc"} <= set(log[-1])
+
+
+def test_changed_identity_is_refused(
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path, capsys
+) -> None:
+    cfg = _config(
+        tmp_path,
+        tiny_pipeline_dir,
+        {"source": "imagefolder", "path": str(imagefolder)},
+        method="sft",
+        iterations=[{}],
+    )
+    assert main(["train", str(cfg)]) == 0
+    assert main(["train", str(cfg), "--set", "seed=5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "different seed" in err[-1]
+
+
+def test_bad_inputs_give_one_line_errors(
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path, capsys
+) -> None:
+    cfg = _config(tmp_path, tiny_pipeline_dir, {"source": "imagefolder", "path": str(imagefolder)})
+    assert main(["train", str(cfg), "--set", "training.learning_rate=-1"]) == 2
+    assert main(["train", str(cfg), "--set", "model.pretrained=" + str(tmp_path / "nope")]) == 2
+    assert main(["train", str(cfg), "--set", "method=ppo"]) == 2
+    assert main(["train", str(tmp_path / "missing.yaml")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 4
+    assert "training.learning_rate" in errors[0]
+    assert "does not exist" in errors[1]
+    assert "method" in errors[2]
+    assert "missing.yaml" in errors[3]
+
+
+def _cli(*args: str, env: dict | None = None) -> list[str]:
+    return [sys.executable, "-m", "spin_diffusion.cli", *args]
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
+) -> None:
+    cfg = _config(
+        tmp_path,
+        tiny_pipeline_dir,
+        {"source": "imagefolder", "path": str(imagefolder)},
+        method="sft",
+        iterations=[{}],
+    )
+    over = ["--set", "training.max_steps=400", "--set", "training.checkpointing_steps=5"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        _cli("train", str(cfg), *over), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    ckpts = tmp_path / "runs" / "run" / "iter-1" / "checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(p.name.startswith("step-") for p in ckpts.glob("step-*")):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "checkpoint saved" in err
+    steps_done = max(int(p.name.split("-")[1]) for p in ckpts.glob("step-*"))
+    assert 0 < steps_done < 400
+
+    # resume with fewer total steps so the test stays short: it must continue, not restart
+    again = subprocess.run(
+        _cli(
+            "train",
+            str(cfg),
+            "--set",
+            f"training.max_steps={steps_done + 2}",
+            "--set",
+            "training.checkpointing_steps=5",
+        ),
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = json.loads((ckpts.parent / "train_summary.json").read_text())
+    assert summary["resumed_from"] == steps_done and summary["steps"] == steps_done + 2
+
+
+@pytest.mark.distributed
+def test_two_process_data_parallel_training(
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
+) -> None:
+    cfg = _config(
+        tmp_path, tiny_pipeline_dir, {"source": "imagefolder", "path": str(imagefolder)}, iterations=[{}]
+    )
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launcher = Path(sys.executable).with_name("accelerate")
+    cmd = [
+        str(launcher),
+        "launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "spin_diffusion.cli",
+        "train",
+        str(cfg),
+        "--set",
+        "training.batch_size=2",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "runs" / "run" / "iter-1" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2
+    assert len(summary["rank_fingerprints"]) == 2 and len(set(summary["rank_fingerprints"])) == 1
+    manifest = json.loads((tmp_path / "runs" / "run" / "iter-1" / "samples" / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["num_prompts"] == 8
