@@ -9,6 +9,7 @@ names the feature extractor. KID subsets are drawn with a fixed seed.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,8 +34,8 @@ def clip_feature_extractor(path: str | Path, device: str = "cpu") -> torch.nn.Mo
 
     model = load_clip_model(path, "FID CLIP feature model", device)
     proc = load_clip_image_processor(path, "FID CLIP feature model")
-    crop = proc.crop_size if isinstance(proc.crop_size, dict) else {"height": 224, "width": 224}
-    size = (int(crop["height"]), int(crop["width"]))
+    side = int(model.config.vision_config.image_size)  # what the processor's centre crop produces
+    size = (side, side)
 
     class _ClipFeatures(nn.Module):
         def __init__(self) -> None:
@@ -128,14 +129,16 @@ def distribution_metrics(
         extra["feature_extractor_weights_path"] = feature_weights
     try:
         fid = FrechetInceptionDistance(feature=feature, normalize=True, reset_real_features=False, **extra)
-        kid = KernelInceptionDistance(
-            feature=feature,
-            normalize=True,
-            reset_real_features=False,
-            subset_size=min(kid_subset_size, n_min),
-            subsets=kid_subsets,
-            **extra,
-        )
+        with warnings.catch_warnings():  # "KID keeps all features in memory": expected, it is how KID works
+            warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
+            kid = KernelInceptionDistance(
+                feature=feature,
+                normalize=True,
+                reset_real_features=False,
+                subset_size=min(kid_subset_size, n_min),
+                subsets=kid_subsets,
+                **extra,
+            )
     except (ModuleNotFoundError, ImportError) as exc:
         raise ConfigError(
             "the Inception feature extractor needs torch-fidelity (which needs torchvision); "

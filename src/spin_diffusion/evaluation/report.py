@@ -102,6 +102,15 @@ def render_markdown(results: dict[str, Any]) -> str:
         ]
         out += ["Lower is better; features: " + str(results.get("distribution_feature", "")), ""]
         out += [*_table(rows, d_cols, ".4f", best="min"), ""]
+    toy = results.get("toy_set_metrics")
+    if toy:
+        t_cols = list(dict.fromkeys(k for row in toy.values() for k in row))
+        out += ["## Toy oracle set metrics", ""]
+        out += [
+            "open_tv_*: distance of unprompted attributes from the data's (lower is better); diversity_*: higher.",
+            "",
+        ]
+        out += [*_table(toy, t_cols, ".4f", best=None), ""]
     artefacts = results.get("artefacts", {})
     if artefacts:
         out += ["## Files", ""]

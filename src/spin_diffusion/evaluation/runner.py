@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import gc
 import logging
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spin_diffusion.errors import ConfigError
+from spin_diffusion.errors import CheckpointError, ConfigError
 from spin_diffusion.evaluation.config import EvaluationConfig, ModelEntry, ScorerConfig, check_model_name
 from spin_diffusion.evaluation.store import (
     EvalStore,
@@ -48,6 +49,18 @@ def _entries(models: Mapping[str, Any]) -> dict[str, ModelEntry]:
         else:
             out[name] = ModelEntry(path=str(value))
     return out
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_model_paths(entries: dict[str, ModelEntry]) -> None:
+    """Fail before generating anything if a model or LoRA path is missing (hub ids pass)."""
+    for name, entry in entries.items():
+        if not Path(entry.path).expanduser().exists() and not _HUB_ID.match(entry.path):
+            raise CheckpointError(f"model {name}: path {entry.path} does not exist")
+        if entry.lora_path is not None and not Path(entry.lora_path).expanduser().exists():
+            raise CheckpointError(f"model {name}: lora_path {entry.lora_path} does not exist")
 
 
 def resolve_prompts(cfg: EvaluationConfig) -> list[str]:
@@ -283,6 +296,20 @@ def _distribution(
     return {n: cache[n]["values"] for n in models}
 
 
+def _toy_set_metrics(
+    store: EvalStore, models: list[str], prompts: list[str], cfg: EvaluationConfig
+) -> dict[str, dict[str, float]]:
+    """The toy oracle's set-level numbers per model (open-attribute TV distance, diversity)."""
+    from spin_diffusion.toy.oracle import set_metrics
+
+    out = {}
+    for name in models:
+        pairs = [(p, j) for p in prompts for j in range(cfg.n_images_per_prompt)]
+        images = [_open_image(store.image_path(name, prompt_id(p), j)) for p, j in pairs]
+        out[name] = {k: float(v) for k, v in set_metrics(images, [p for p, _ in pairs]).items()}
+    return out
+
+
 def aggregate_results(
     table: dict[str, dict[str, np.ndarray]], cfg: EvaluationConfig, baseline: str | None
 ) -> dict[str, Any]:
@@ -320,8 +347,9 @@ def evaluate_models(
     baseline = baseline if baseline is not None else names[0]
     if baseline not in entries:
         raise ConfigError(f"baseline {baseline!r} is not one of the models ({', '.join(names)})")
-    store = EvalStore(Path(out_dir))
+    check_model_paths(entries)
     prompts = resolve_prompts(cfg)
+    store = EvalStore(Path(out_dir))
     device = resolve_device(cfg.device)
     write_json_atomic(store.root / "prompts.json", [{"id": prompt_id(p), "prompt": p} for p in prompts])
 
@@ -353,6 +381,9 @@ def evaluate_models(
         results["distribution"] = _distribution(store, names, prompts, cfg, device, hashes)
         results["distribution_reference"] = cfg.distribution.reference_dir
         results["distribution_feature"] = f"{cfg.distribution.feature} ({cfg.distribution.feature_path})"
+
+    if any(sc.kind.startswith("toy_") for sc in cfg.scorers):
+        results["toy_set_metrics"] = _toy_set_metrics(store, names, prompts, cfg)
 
     artefacts = {"scores": "scores.jsonl", "scores_table": "scores.parquet", "results": "results.json"}
     _write_wide_scores(store.root / "scores.parquet", table, prompts, cfg)
