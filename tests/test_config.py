@@ -1,0 +1,92 @@
+"""Run configuration: validation messages, overrides, per-iteration values, shipped configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spin_diffusion.config import apply_overrides, identity_changes, load_config, validate_config
+from spin_diffusion.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+BASE = {
+    "name": "t",
+    "model": {"pretrained": "models/sd"},
+    "data": {"source": "imagefolder", "path": "data", "resolution": 64},
+}
+
+
+RUN_CONFIGS = sorted(p for p in (REPO / "configs").glob("*.yaml") if not p.name.startswith("evaluate-"))
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda p: p.name)
+def test_shipped_run_configs_validate(path: Path) -> None:
+    cfg = load_config(path)
+    assert cfg.name and len(cfg.iterations) >= 1
+
+
+def test_paper_schedule_resolves_per_iteration() -> None:
+    cfg = load_config(REPO / "configs" / "sd15-spin.yaml")
+    assert [cfg.training_for(k).beta for k in (1, 2, 3)] == [2000, 5000, 5000]
+    assert [cfg.training_for(k).learning_rate for k in (1, 2, 3)] == [2e-5, 2e-5, 5e-8]
+    assert [cfg.training_for(k).max_steps for k in (1, 2, 3)] == [50, 500, 200]
+    assert (
+        cfg.training_for(1).weight_decay == 0.01
+        and cfg.training.batch_size * cfg.training.gradient_accumulation_steps * 8 == 2048
+    )
+
+
+def test_overrides_parse_yaml_values_and_index_lists() -> None:
+    raw = {**BASE, "iterations": [{}, {}]}
+    out = apply_overrides(
+        raw,
+        ["training.max_steps=7", "iterations.1.beta=5000", "model.lora.enabled=true", "training.trackers=[]"],
+    )
+    cfg = validate_config(out)
+    assert (
+        cfg.training.max_steps == 7 and cfg.training_for(2).beta == 5000 and cfg.training_for(1).beta == 2000
+    )
+    assert cfg.model.lora.enabled is True and cfg.training.trackers == []
+    with pytest.raises(ConfigError, match="key.path=value"):
+        apply_overrides(dict(BASE), ["training.max_steps"])
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"training": {"learning_rate": 0}}, "training.learning_rate"),
+        ({"training": {"lr": 1e-4}}, "training.lr"),
+        ({"method": "ppo"}, "method"),
+        ({"name": "bad/name"}, "name"),
+        ({"data": {"source": "csv", "path": "x", "resolution": 64}}, "data"),
+        ({"method": "sft", "iterations": [{}, {}]}, "iterations"),
+        ({"iterations": []}, "iterations"),
+    ],
+)
+def test_bad_values_name_the_field(change: dict, field: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        validate_config({**BASE, **change}, "run.yaml")
+    message = str(info.value)
+    assert message.startswith("run.yaml: ") and field.split(".")[0] in message and "\n" not in message
+
+
+def test_yaml_errors_and_missing_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    (tmp_path / "list.yaml").write_text("- 1\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "none.yaml")
+
+
+def test_identity_changes_detect_what_would_mix_results() -> None:
+    a = validate_config(dict(BASE))
+    b = validate_config({**BASE, "training": {"max_steps": 5}})
+    assert identity_changes(a, b) == []
+    c = validate_config({**BASE, "data": {**BASE["data"], "path": "other"}, "method": "sft"})
+    assert identity_changes(a, c) == ["method", "data"]
