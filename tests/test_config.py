@@ -90,3 +90,12 @@ def test_identity_changes_detect_what_would_mix_results() -> None:
     assert identity_changes(a, b) == []
     c = validate_config({**BASE, "data": {**BASE["data"], "path": "other"}, "method": "sft"})
     assert identity_changes(a, c) == ["method", "data"]
+
+
+def test_configuration_docs_match_the_code() -> None:
+    from spin_diffusion.config import config_reference_markdown
+
+    docs = (REPO / "docs" / "configuration.md").read_text()
+    assert config_reference_markdown() in docs, (
+        "regenerate docs/configuration.md from config_reference_markdown()"
+    )

@@ -23,70 +23,97 @@ class Strict(BaseModel):
 
 
 class LoraConfig(Strict):
-    enabled: bool = False
-    rank: int = Field(4, ge=1)
-    alpha: float = Field(4.0, gt=0)
-    dropout: float = Field(0.0, ge=0, lt=1)
-    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"])
+    """Train a LoRA adapter instead of the full UNet; the reference is then the base with adapters off."""
+
+    enabled: bool = Field(False, description="train a LoRA adapter (peft) instead of every UNet weight")
+    rank: int = Field(4, ge=1, description="LoRA rank r")
+    alpha: float = Field(4.0, gt=0, description="LoRA alpha (scale alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+        description="UNet module names that get adapters (attention projections by default)",
+    )
 
 
 class ModelConfig(Strict):
-    pretrained: str = Field(..., description="local diffusers pipeline directory or hub id")
-    revision: str | None = None
+    """The base model theta_0."""
+
+    pretrained: str = Field(..., description="local diffusers pipeline directory, or a hub id when online")
+    revision: str | None = Field(None, description="hub revision (hub ids only)")
     lora: LoraConfig = Field(default_factory=LoraConfig)
-    reference_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    reference_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="precision of the frozen reference copy (full fine-tuning only)"
+    )
 
 
 class SamplingConfig(Strict):
-    """How the opponent generates its samples (and how evaluation images are made)."""
+    """How the opponent generates its samples each iteration."""
 
-    num_samples_per_prompt: int = Field(1, ge=1)
-    scheduler: Literal["dpmsolver++", "ddim", "euler", "pipeline"] = "dpmsolver++"
-    num_inference_steps: int = Field(20, ge=1)
-    guidance_scale: float = Field(7.5, ge=0)
-    eta: float = Field(0.0, ge=0)
-    batch_size: int = Field(16, ge=1)
-    shard_size: int = Field(256, ge=1, description="prompts per latent shard (the unit of resume)")
-    num_previews: int = Field(16, ge=0)
-    compile: bool = False
+    num_samples_per_prompt: int = Field(
+        1, ge=1, description="opponent samples per caption; one is drawn per epoch"
+    )
+    scheduler: Literal["dpmsolver++", "ddim", "euler", "pipeline"] = Field(
+        "dpmsolver++", description="sampler; 'pipeline' keeps the model's own scheduler"
+    )
+    num_inference_steps: int = Field(20, ge=1, description="denoising steps per sample")
+    guidance_scale: float = Field(7.5, ge=0, description="classifier-free guidance scale (the paper: 7.5)")
+    eta: float = Field(0.0, ge=0, description="DDIM eta (ignored by other samplers)")
+    batch_size: int = Field(16, ge=1, description="prompts per forward (CFG doubles it internally)")
+    shard_size: int = Field(256, ge=1, description="prompts per latent shard: the unit of resume")
+    num_previews: int = Field(16, ge=0, description="samples decoded into previews.png")
+    compile: bool = Field(False, description="torch.compile the UNet for sampling")
 
 
 class TrainingConfig(Strict):
-    learning_rate: float = Field(2e-5, gt=0)
-    weight_decay: float = Field(1e-2, ge=0)
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_epsilon: float = 1e-8
-    lr_scheduler: Literal["linear", "constant", "cosine"] = "linear"
-    warmup_steps: int = Field(0, ge=0)
-    max_steps: int = Field(100, ge=1)
-    batch_size: int = Field(8, ge=1, description="per process, per micro-step")
-    gradient_accumulation_steps: int = Field(1, ge=1)
-    max_grad_norm: float | None = Field(1.0, gt=0)
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no"
-    gradient_checkpointing: bool = False
-    use_ema: bool = False
-    ema_decay: float = Field(0.9999, gt=0, lt=1)
-    beta: float = Field(
-        2000.0, gt=0, description="pairwise temperature; no factor 1/2 (DPO beta_dpo=5000 is 2500)"
+    """Optimizer, schedule and objective: shared by SFT, DPO and SPIN."""
+
+    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    lr_scheduler: Literal["linear", "constant", "cosine"] = Field(
+        "linear", description="decay after warm-up (linear: to 0 at max_steps)"
     )
-    loss_type: Literal["logistic", "hinge", "correlation"] = "logistic"
-    snr_gamma: float | None = Field(None, gt=0, description="min-SNR weighting for SFT")
-    precompute_reference: bool = False
-    checkpointing_steps: int = Field(50, ge=1)
-    checkpoints_total_limit: int | None = Field(2, ge=1)
-    log_every: int = Field(1, ge=1)
-    trackers: list[Literal["tensorboard", "wandb"]] = Field(default_factory=lambda: ["tensorboard"])
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up, in optimizer steps")
+    max_steps: int = Field(100, ge=1, description="optimizer steps per iteration")
+    batch_size: int = Field(8, ge=1, description="pairs (or images for SFT) per process per micro-step")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-steps per optimizer step")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping norm; null disables")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="accelerate mixed precision")
+    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    use_ema: bool = Field(False, description="keep an EMA of the weights and save it as the result")
+    ema_decay: float = Field(0.9999, gt=0, lt=1, description="EMA decay per optimizer step")
+    beta: float = Field(
+        2000.0, gt=0, description="pairwise temperature; no factor 1/2 (official DPO beta_dpo=5000 is 2500)"
+    )
+    loss_type: Literal["logistic", "hinge", "correlation"] = Field(
+        "logistic", description="l(u): -logsigmoid(u), max(0, 1-u) or 1-u"
+    )
+    snr_gamma: float | None = Field(None, gt=0, description="min-SNR-gamma weighting for SFT; null disables")
+    precompute_reference: bool = Field(
+        False, description="compute reference errors once after sampling; no reference model while training"
+    )
+    checkpointing_steps: int = Field(50, ge=1, description="save a resumable checkpoint every N steps")
+    checkpoints_total_limit: int | None = Field(
+        2, ge=1, description="keep at most N checkpoints; null keeps all"
+    )
+    log_every: int = Field(1, ge=1, description="log metrics every N optimizer steps")
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="accelerate trackers ([] for none)"
+    )
 
 
 class IterationOverride(Strict):
     """Per-iteration values (the paper: beta 2000/5000/5000, lr 2e-5/2e-5/5e-8, steps 50/500/200)."""
 
-    beta: float | None = Field(None, gt=0)
-    learning_rate: float | None = Field(None, gt=0)
-    max_steps: int | None = Field(None, ge=1)
-    warmup_steps: int | None = Field(None, ge=0)
-    num_samples_per_prompt: int | None = Field(None, ge=1)
+    beta: float | None = Field(None, gt=0, description="training.beta for this iteration")
+    learning_rate: float | None = Field(None, gt=0, description="training.learning_rate for this iteration")
+    max_steps: int | None = Field(None, ge=1, description="training.max_steps for this iteration")
+    warmup_steps: int | None = Field(None, ge=0, description="training.warmup_steps for this iteration")
+    num_samples_per_prompt: int | None = Field(
+        None, ge=1, description="sampling.num_samples_per_prompt for this iteration"
+    )
 
 
 def _data_config_type() -> Any:
@@ -96,16 +123,23 @@ def _data_config_type() -> Any:
 
 
 class RunConfig(Strict):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9][\w.-]*$")
-    output_dir: str = "runs"
-    method: Method = "spin"
-    seed: int = 0
+    """One run: ``runs/NAME`` holds everything it produces."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][\w.-]*$", description="run directory name")
+    output_dir: str = Field("runs", description="parent of the run directory")
+    method: Method = Field("spin", description="spin (self-play), sft, or dpo (needs preference pairs)")
+    seed: int = Field(0, description="seeds sampling noise, timesteps, batches")
     model: ModelConfig
-    data: dict[str, Any]
+    data: dict[str, Any] = Field(..., description="the data source (docs/data.md)")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
-    iterations: list[IterationOverride] = Field(default_factory=lambda: [IterationOverride()])
-    evaluation: dict[str, Any] | None = None
+    iterations: list[IterationOverride] = Field(
+        default_factory=lambda: [IterationOverride()],
+        description="one entry per iteration ({} = defaults); sft and dpo take exactly one",
+    )
+    evaluation: dict[str, Any] | None = Field(
+        None, description="evaluate base and every iteration after training (docs/evaluation.md)"
+    )
 
     @field_validator("data")
     @classmethod
@@ -245,3 +279,40 @@ def identity_changes(saved: RunConfig, current: RunConfig) -> list[str]:
     """The identity keys whose values differ between a saved run and the current config."""
     a, b = saved.model_dump(mode="json"), current.model_dump(mode="json")
     return [k for k in IDENTITY_KEYS if _lookup(a, k) != _lookup(b, k)]
+
+
+def config_reference_markdown() -> str:
+    """The field reference of docs/configuration.md, generated so it cannot drift from the code."""
+    sections = [
+        ("top level", RunConfig),
+        ("model", ModelConfig),
+        ("model.lora", LoraConfig),
+        ("sampling", SamplingConfig),
+        ("training", TrainingConfig),
+        ("iterations[k]", IterationOverride),
+    ]
+    lines: list[str] = []
+    for title, model in sections:
+        lines += [
+            f"### `{title}`",
+            "",
+            (model.__doc__ or "").strip(),
+            "",
+            "| field | default | meaning |",
+            "|---|---|---|",
+        ]
+        for name, info in model.model_fields.items():
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                continue
+            default = "required" if info.is_required() else _show(info.get_default(call_default_factory=True))
+            lines.append(f"| `{name}` | `{default}` | {info.description or ''} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, BaseModel):
+        return yaml.safe_dump(value.model_dump(exclude_none=True), default_flow_style=True).strip()
+    return "null" if value is None else str(value)
