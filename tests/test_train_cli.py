@@ -135,6 +135,7 @@ def test_spin_two_iterations_then_a_rerun_is_a_no_op(
     assert manifest["identity"]["sampler"]["num_inference_steps"] == 3
     for k in (1, 2):
         _sample_ok(_plain_pipeline(tiny_pipeline_dir, run / f"iter-{k}" / "model"))
+        assert not (run / f"iter-{k}" / "checkpoints").exists()  # finished iterations drop their training state
     log = [json.loads(line) for line in (run / "iter-1" / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # theta == opponent at the first step
 

@@ -98,6 +98,9 @@ class TrainingConfig(Strict):
     checkpoints_total_limit: int | None = Field(
         2, ge=1, description="keep at most N checkpoints; null keeps all"
     )
+    keep_checkpoints: bool = Field(
+        False, description="keep iter-k/checkpoints after the iteration's model is saved (they are large)"
+    )
     log_every: int = Field(1, ge=1, description="log metrics every N optimizer steps")
     trackers: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=lambda: ["tensorboard"], description="accelerate trackers ([] for none)"

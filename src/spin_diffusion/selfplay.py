@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,7 +185,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
 
     accelerator = Accelerator(
         mixed_precision=cfg.training.mixed_precision,
-        log_with=[t for t in cfg.training.trackers if t != "wandb" or _wandb_available()] or None,
+        log_with=_trackers(cfg.training.trackers),
         project_dir=str(cfg.run_dir / "logs"),
     )
     set_seed(cfg.seed)
@@ -242,6 +243,8 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         opponent = summary.pop("_next_opponent")
         if accelerator.is_main_process:
             _write_json(iter_dir / ITERATION_DONE, summary)
+            if not cfg.training_for(k).keep_checkpoints:
+                shutil.rmtree(iter_dir / "checkpoints", ignore_errors=True)
         accelerator.wait_for_everyone()
 
     results = {"name": cfg.name, "method": cfg.method, "iterations": history, "base_fingerprint": base_fp}
@@ -256,10 +259,13 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     return results
 
 
-def _wandb_available() -> bool:
+def _trackers(names: list[str]) -> list[str] | None:
     import importlib.util
 
-    return importlib.util.find_spec("wandb") is not None
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"training.trackers: {name} is not installed (pip install {name}, or remove it)")
+    return list(names) or None
 
 
 def _run_iteration(
