@@ -30,13 +30,16 @@ def labelled_grid(
     cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
     label_w = 8 + 7 * max(len(n) for n in rows)
     cols = max(len(ims) for ims in rows.values())
-    grid = Image.new("RGB", (label_w + cols * cw, len(rows) * ch), "white")
+    gap = 2
+    grid = Image.new("RGB", (label_w + cols * (cw + gap), len(rows) * (ch + gap)), "white")
     draw = ImageDraw.Draw(grid)
     for r, (name, ims) in enumerate(rows.items()):
-        draw.text((4, r * ch + ch // 2 - 5), name, fill="black")
+        draw.text((4, r * (ch + gap) + ch // 2 - 5), name, fill="black")
         for c, im in enumerate(ims):
             resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BICUBIC
-            grid.paste(im.convert("RGB").resize((cw, ch), resample), (label_w + c * cw, r * ch))
+            grid.paste(
+                im.convert("RGB").resize((cw, ch), resample), (label_w + c * (cw + gap), r * (ch + gap))
+            )
     return grid
 
 
