@@ -39,15 +39,13 @@ CAPTIONS = [
 class SyntheticPairs:
     """Six examples with fixed random 'real' and 'generated' latents."""
 
-    poison: bool = False
+    poison_from_epoch: int | None = None
     paired: bool = True
 
     def __post_init__(self) -> None:
         gen = torch.Generator().manual_seed(0)
         self.a = torch.randn(len(CAPTIONS), 4, 8, 8, generator=gen)
         self.b = torch.randn(len(CAPTIONS), 4, 8, 8, generator=gen)
-        if self.poison:
-            self.a[:] = float("nan")
 
     def __len__(self) -> int:
         return len(CAPTIONS)
@@ -56,6 +54,8 @@ class SyntheticPairs:
         return CAPTIONS[index]
 
     def latents(self, index: int, epoch: int, rng: torch.Generator):
+        if self.poison_from_epoch is not None and epoch >= self.poison_from_epoch:
+            return torch.full_like(self.a[index], float("nan")), self.b[index]
         return self.a[index], self.b[index]
 
 
@@ -193,11 +193,39 @@ def test_resumed_training_matches_an_uninterrupted_run(pipe, tmp_path: Path) -> 
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(pipe, tmp_path: Path) -> None:
-    cfg = TrainingConfig(max_steps=2, batch_size=2, trackers=[])
-    trainer = _trainer(pipe, tmp_path / "nan", cfg, data=SyntheticPairs(poison=True), method="sft")
-    with pytest.raises(TrainingDiverged, match="at step 1"):
+    # six examples, batch 6: one step per epoch; epoch 1 (step 2) has NaN latents
+    cfg = TrainingConfig(max_steps=3, batch_size=6, checkpointing_steps=1, trackers=[])
+    trainer = _trainer(pipe, tmp_path / "nan", cfg, data=SyntheticPairs(poison_from_epoch=1), method="sft")
+    with pytest.raises(TrainingDiverged, match="at step 2") as info:
         trainer.train()
-    assert list_checkpoints(tmp_path / "nan" / "checkpoints") == []
+    assert "step-1" in str(info.value)
+    found = list_checkpoints(tmp_path / "nan" / "checkpoints")
+    assert [s for s, _ in found] == [1]
+    assert json.loads((found[0][1] / "train_state.json").read_text())["step"] == 1
+
+
+def test_ema_and_gradient_checkpointing_switches(pipe, tmp_path: Path) -> None:
+    cfg = TrainingConfig(
+        max_steps=2,
+        batch_size=2,
+        use_ema=True,
+        ema_decay=0.5,
+        gradient_checkpointing=True,
+        learning_rate=1e-2,
+        trackers=[],
+        checkpointing_steps=1,
+    )
+    trainer = _trainer(pipe, tmp_path / "ema", cfg)
+    start = [p.detach().clone() for p in trainer.acc.unwrap_model(trainer.unet).parameters()]
+    trainer.train()
+    unet = trainer.acc.unwrap_model(trainer.unet)
+    assert unet.is_gradient_checkpointing
+    # the result is the EMA: between the start and the raw weights, and saved with the checkpoint
+    shadow = [p.detach() for p in trainer.ema.shadow_params]
+    for p, s in zip(unet.parameters(), shadow, strict=True):
+        torch.testing.assert_close(p.detach(), s)
+    assert any(not torch.equal(p.detach(), s0) for p, s0 in zip(unet.parameters(), start, strict=True))
+    assert (tmp_path / "ema" / "checkpoints" / "step-2" / "ema.safetensors").is_file()
 
 
 def test_sft_loss_goes_down(pipe, tmp_path: Path) -> None:
