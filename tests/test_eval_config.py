@@ -101,3 +101,14 @@ def test_config_module_does_not_import_torch():
     code = "import sys; import spin_diffusion.evaluation.config, spin_diffusion.evaluation.cli; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_prompt_sets_are_read_through_the_data_loader(tmp_path: Path):
+    from spin_diffusion.evaluation.runner import resolve_prompts
+
+    (tmp_path / "p.txt").write_text("a red circle\n\na blue square\na green cross\n")
+    cfg = EvaluationConfig(
+        prompts={"kind": "text", "path": str(tmp_path / "p.txt"), "limit": 2}, scorers=[{"kind": "toy_style"}]
+    )
+    assert resolve_prompts(cfg) == ["a red circle", "a blue square"]
+    assert resolve_prompts(cfg.model_copy(update={"prompts": ["x", "y"]})) == ["x", "y"]
