@@ -64,13 +64,13 @@ def test_evaluation_defaults_and_checks():
 
 def test_job_config_models_and_baseline():
     job = EvaluateJobConfig(
-        models={"base": "m0", "iter-1": {"path": "m1", "lora_path": "l1"}},
+        models={"base": "m0", "iter-1": {"path": "m1", "trained": "l1"}},
         baseline="base",
         evaluation={"prompts": ["a"], "scorers": [{"kind": "toy_style"}]},
         output_dir="out",
     )
     entries = job.model_entries()
-    assert list(entries) == ["base", "iter-1"] and entries["iter-1"].lora_path == "l1"
+    assert list(entries) == ["base", "iter-1"] and entries["iter-1"].trained == "l1"
     with pytest.raises(ValidationError, match="baseline 'sd' is not one of the models"):
         EvaluateJobConfig(models={"base": "m0"}, baseline="sd", evaluation=job.evaluation, output_dir="o")
     with pytest.raises(ValidationError, match="model name 'a/b'"):

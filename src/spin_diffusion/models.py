@@ -34,7 +34,7 @@ DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def _looks_like_local_path(name: str) -> bool:
+def looks_like_local_path(name: str) -> bool:
     """Hub ids are ``owner/name``; anything else that does not exist is a missing path."""
     return not _HUB_ID.match(name)
 
@@ -42,14 +42,15 @@ def _looks_like_local_path(name: str) -> bool:
 def load_pipeline(
     name_or_path: str | os.PathLike[str],
     *,
-    lora_path: str | os.PathLike[str] | None = None,
+    trained: str | os.PathLike[str] | None = None,
     torch_dtype: torch.dtype | None = None,
     revision: str | None = None,
 ) -> DiffusionPipeline:
     """Load a text-to-image pipeline with one-line errors that say what to do.
 
     Works the same for a shipped toy model, a local SD-1.5 copy or (online) a
-    hub id, so tests exercise the path users run.
+    hub id, so tests exercise the path users run. ``trained`` applies fine-tuned
+    weights on top (see :func:`load_trained_into`).
     """
     from diffusers import DiffusionPipeline
 
@@ -67,7 +68,7 @@ def load_pipeline(
         source = str(path)
         if "safety_checker" in (path / "model_index.json").read_text():
             kwargs.update(safety_checker=None, requires_safety_checker=False)
-    elif _looks_like_local_path(name):
+    elif looks_like_local_path(name):
         raise CheckpointError(
             f"model path {name} does not exist; give a local diffusers directory or a hub id"
         )
@@ -86,8 +87,8 @@ def load_pipeline(
     missing = [c for c in REQUIRED_COMPONENTS if getattr(pipe, c, None) is None]
     if missing:
         raise CheckpointError(f"{source} is not a text-to-image pipeline: missing {', '.join(missing)}")
-    if lora_path is not None:
-        load_lora_into(pipe, lora_path)
+    if trained is not None:
+        load_trained_into(pipe, trained)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -292,10 +293,18 @@ def _merge_lora(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     return unet
 
 
-def load_trained_into(pipe: DiffusionPipeline, model_dir: Path) -> None:
-    """Apply an ``iter-k/model`` directory written by :func:`save_trained_unet` to ``pipe``."""
+def load_trained_into(pipe: DiffusionPipeline, model_dir: str | os.PathLike[str]) -> None:
+    """Apply fine-tuned weights to ``pipe``: an ``iter-k/model`` directory written by
+    :func:`save_trained_unet` (``unet/`` or a LoRA), a UNet directory, a full
+    pipeline directory, or a LoRA ``.safetensors`` file."""
     model_dir = Path(model_dir)
-    if (model_dir / "unet").is_dir():
+    if not model_dir.exists():
+        raise CheckpointError(f"fine-tuned weights {model_dir} do not exist")
+    if model_dir.is_file():
+        load_lora_into(pipe, model_dir)
+    elif (model_dir / "config.json").is_file():
+        load_unet_into(pipe, model_dir)
+    elif (model_dir / "unet").is_dir():
         load_unet_into(pipe, model_dir / "unet")
     elif (model_dir / LORA_WEIGHT_NAME).is_file():
         load_lora_into(pipe, model_dir)

@@ -190,17 +190,21 @@ class EvaluationConfig(_Strict):
 
 
 class ModelEntry(_Strict):
-    """A model to evaluate: a diffusers pipeline dir (or hub id) and an optional LoRA."""
+    """A model to evaluate: a diffusers pipeline dir (or hub id), optionally with fine-tuned weights on top."""
 
     path: str
-    lora_path: str | None = None
+    trained: str | None = Field(
+        default=None,
+        description="fine-tuned weights applied to `path`: a run's iter-k/model directory (unet/ or LoRA), "
+        "a UNet directory, or a LoRA .safetensors file",
+    )
 
 
 class EvaluateJobConfig(_Strict):
     """The standalone ``spin-diffusion evaluate CONFIG.yaml`` job."""
 
     models: dict[str, ModelEntry | str] = Field(
-        description="name -> pipeline path, or name -> {path, lora_path}; the order is the table order."
+        description="name -> pipeline path, or name -> {path, trained}; the order is the table order."
     )
     baseline: str | None = Field(default=None, description="Model that win rates are reported against.")
     evaluation: EvaluationConfig

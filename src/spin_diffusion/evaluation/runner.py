@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,16 +50,15 @@ def _entries(models: Mapping[str, Any]) -> dict[str, ModelEntry]:
     return out
 
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
 def check_model_paths(entries: dict[str, ModelEntry]) -> None:
-    """Fail before generating anything if a model or LoRA path is missing (hub ids pass)."""
+    """Fail before generating anything if a model or fine-tuned weights path is missing (hub ids pass)."""
+    from spin_diffusion.models import looks_like_local_path
+
     for name, entry in entries.items():
-        if not Path(entry.path).expanduser().exists() and not _HUB_ID.match(entry.path):
+        if not Path(entry.path).expanduser().exists() and looks_like_local_path(entry.path):
             raise CheckpointError(f"model {name}: path {entry.path} does not exist")
-        if entry.lora_path is not None and not Path(entry.lora_path).expanduser().exists():
-            raise CheckpointError(f"model {name}: lora_path {entry.lora_path} does not exist")
+        if entry.trained is not None and not Path(entry.trained).expanduser().exists():
+            raise CheckpointError(f"model {name}: trained weights {entry.trained} do not exist")
 
 
 def resolve_prompts(cfg: EvaluationConfig) -> list[str]:
@@ -88,7 +86,7 @@ def _model_record(entry: ModelEntry, cfg: EvaluationConfig) -> dict[str, Any]:
         path = Path(p).expanduser()
         return str(path.resolve()) if path.exists() else p
 
-    return {"path": norm(entry.path), "lora_path": norm(entry.lora_path), **cfg.sampling_fingerprint()}
+    return {"path": norm(entry.path), "trained": norm(entry.trained), **cfg.sampling_fingerprint()}
 
 
 def ensure_images(
@@ -108,7 +106,7 @@ def ensure_images(
     from spin_diffusion.sampling import generate_images, use_scheduler
 
     log.info("%s: generating %d images", name, len(todo))
-    pipe = load_pipeline(entry.path, lora_path=entry.lora_path)
+    pipe = load_pipeline(entry.path, trained=entry.trained)
     pipe.to(device)
     use_scheduler(pipe, cfg.scheduler)
     items = list(todo.items())
@@ -332,7 +330,7 @@ def evaluate_models(
     *,
     baseline: str | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``models`` (name -> pipeline path, or {path, lora_path}) and write the report.
+    """Evaluate ``models`` (name -> pipeline path, or {path, trained}) and write the report.
 
     Writes into ``out_dir``: images, ``scores.jsonl`` (+ ``scores.parquet``),
     ``results.json`` (the returned dict), ``results.md``, ``grid.png`` and
