@@ -120,7 +120,15 @@ def _sample_ok(pipe) -> None:
 def test_spin_two_iterations_then_a_rerun_is_a_no_op(
     tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
 ) -> None:
-    cfg = _config(tmp_path, tiny_pipeline_dir, {"source": "imagefolder", "path": str(imagefolder)})
+    evaluation = {
+        "prompts": ["a red circle", "in the top left corner there is a small circle"],
+        "n_images_per_prompt": 2,
+        "scorers": [{"kind": "toy_fidelity"}, {"kind": "toy_style"}],
+        "num_inference_steps": 2,
+        "guidance_scale": 2.0,
+    }
+    data = {"source": "imagefolder", "path": str(imagefolder)}
+    cfg = _config(tmp_path, tiny_pipeline_dir, data, evaluation=evaluation)
     assert main(["train", str(cfg)]) == 0
     run = tmp_path / "runs" / "run"
     saved = yaml.safe_load((run / "config.yaml").read_text())
@@ -135,9 +143,17 @@ def test_spin_two_iterations_then_a_rerun_is_a_no_op(
     assert manifest["identity"]["sampler"]["num_inference_steps"] == 3
     for k in (1, 2):
         _sample_ok(_plain_pipeline(tiny_pipeline_dir, run / f"iter-{k}" / "model"))
-        assert not (run / f"iter-{k}" / "checkpoints").exists()  # finished iterations drop their training state
+        assert not (
+            run / f"iter-{k}" / "checkpoints"
+        ).exists()  # finished iterations drop their training state
     log = [json.loads(line) for line in (run / "iter-1" / "train_log.jsonl").read_text().splitlines()]
     assert log[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # theta == opponent at the first step
+
+    # base and both iterations evaluated on held-out prompts with shared seeds
+    ev = results["evaluation"]
+    assert list(ev["mean"]) == ["base", "iter-1", "iter-2"]
+    assert set(ev["win_rate"]["iter-2"]["base"]) == {"toy_fidelity", "toy_style", "average"}
+    assert (run / "eval" / "grid.png").is_file() and "iter-2" in (run / "results.md").read_text()
 
     stamp = (run / "iter-2" / "iteration.json").stat().st_mtime_ns
     assert main(["train", str(cfg)]) == 0

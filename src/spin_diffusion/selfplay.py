@@ -264,7 +264,9 @@ def _trackers(names: list[str]) -> list[str] | None:
 
     for name in names:
         if importlib.util.find_spec(name) is None:
-            raise ConfigError(f"training.trackers: {name} is not installed (pip install {name}, or remove it)")
+            raise ConfigError(
+                f"training.trackers: {name} is not installed (pip install {name}, or remove it)"
+            )
     return list(names) or None
 
 
@@ -424,10 +426,10 @@ def _evaluate(cfg: RunConfig, run_dir: Path, num_iterations: int) -> dict[str, A
         return None
     from spin_diffusion.evaluation.runner import evaluate_models
 
-    models: dict[str, Any] = {"base": {"pretrained": cfg.model.pretrained}}
+    models: dict[str, Any] = {"base": {"path": cfg.model.pretrained}}
     for k in range(1, num_iterations + 1):
         models[f"iter-{k}"] = {
-            "pretrained": cfg.model.pretrained,
+            "path": cfg.model.pretrained,
             "trained": str(run_dir / f"iter-{k}" / "model"),
         }
     return evaluate_models(models, eval_cfg, run_dir / "eval", baseline="base")
