@@ -254,7 +254,12 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
             results["evaluation"] = evaluation
         results["seconds"] = round(time.time() - started, 1)
         _write_json(run_dir / "results.json", results)
-        (run_dir / "results.md").write_text(render_results_md(results))
+        eval_md = run_dir / "eval" / "results.md"
+        (run_dir / "results.md").write_text(
+            render_results_md(
+                results, eval_md.read_text() if evaluation is not None and eval_md.is_file() else None
+            )
+        )
     accelerator.end_training()
     return results
 
@@ -435,8 +440,8 @@ def _evaluate(cfg: RunConfig, run_dir: Path, num_iterations: int) -> dict[str, A
     return evaluate_models(models, eval_cfg, run_dir / "eval", baseline="base")
 
 
-def render_results_md(results: dict[str, Any]) -> str:
-    """A Markdown summary of training diagnostics per iteration (evaluation tables come from the harness)."""
+def render_results_md(results: dict[str, Any], evaluation_md: str | None = None) -> str:
+    """Training diagnostics per iteration, followed by the evaluation harness's tables when there are any."""
     lines = [f"# {results['name']} ({results['method']})", ""]
     lines += [
         "| iteration | steps | loss | implicit acc | d_real / d_win | d_gen / d_lose |",
@@ -450,9 +455,8 @@ def render_results_md(results: dict[str, Any]) -> str:
             f"| {it['iteration']} | {it['steps']} | {_fmt(m.get('loss'))} | {_fmt(m.get('implicit_acc'))} "
             f"| {_fmt(d_a)} | {_fmt(d_b)} |"
         )
-    evaluation = results.get("evaluation")
-    if evaluation and evaluation.get("markdown"):
-        lines += ["", evaluation["markdown"]]
+    if evaluation_md:
+        lines += ["", "## Evaluation", "", evaluation_md.strip()]
     return "\n".join(lines) + "\n"
 
 
