@@ -13,12 +13,12 @@ import copy
 import hashlib
 import os
 import re
-import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spin_diffusion.atomic import atomic_directory
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.objectives import denoising_error
 
@@ -226,26 +226,6 @@ def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     from peft.utils import get_peft_model_state_dict
 
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-
-
-@contextlib.contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling directory that replaces ``final`` only if the block succeeds."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    old = final.with_name(f".{final.name}.old-{os.getpid()}")
-    if final.exists():
-        final.rename(old)
-    tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_trained_unet(unet: UNet2DConditionModel, out_dir: Path) -> Path:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spin_diffusion.atomic import atomic_file, save_image_atomic, write_json_atomic
 from spin_diffusion.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -157,12 +157,6 @@ def prompts_fingerprint(ids: Sequence[str], captions: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    tmp.replace(path)
-
-
 class OpponentSamples:
     """The opponent's latents for every prompt id, read from a complete sample directory."""
 
@@ -270,10 +264,8 @@ def sample_opponent(
                 progress=bar,
             )
             lat = lat.reshape(len(shard_ids), n, *lat.shape[1:]).to(torch.float16).contiguous()
-            final = out_dir / _shard_name(i)
-            tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-            save_file({"latents": lat}, str(tmp), metadata={"ids": json.dumps(shard_ids)})
-            tmp.replace(final)
+            with atomic_file(out_dir / _shard_name(i)) as tmp:
+                save_file({"latents": lat}, str(tmp), metadata={"ids": json.dumps(shard_ids)})
     elapsed = time.perf_counter() - started
     if barrier is not None:
         barrier()
@@ -316,6 +308,4 @@ def _write_previews(pipe: DiffusionPipeline, out_dir: Path, ids: Sequence[str], 
         return
     lat = load_file(str(out_dir / _shard_name(0)))["latents"][:, 0][:count].to(torch.float32)
     images = decode_latents(pipe, lat)
-    tmp = out_dir / f".previews.tmp-{os.getpid()}.png"
-    image_grid(images, cols=min(8, len(images))).save(tmp)
-    tmp.replace(out_dir / "previews.png")
+    save_image_atomic(image_grid(images, cols=min(8, len(images))), out_dir / "previews.png")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spin_diffusion.atomic import atomic_file, write_json_atomic, write_text_atomic
 from spin_diffusion.config import RunConfig, dump_config, identity_changes, validate_config
 from spin_diffusion.errors import ConfigError
 
@@ -116,20 +116,12 @@ def prepare_run_dir(cfg: RunConfig, is_main: bool) -> Path:
             raise ConfigError(f"{run_dir} already has more iterations than this config asks for")
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        tmp = run_dir / f".config.yaml.tmp-{os.getpid()}"
-        tmp.write_text(dump_config(cfg))
-        tmp.replace(saved_path)
+        write_text_atomic(saved_path, dump_config(cfg))
     return run_dir
 
 
 def _iteration_done(run_dir: Path, k: int) -> bool:
     return (run_dir / f"iter-{k}" / ITERATION_DONE).is_file()
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    tmp.replace(path)
 
 
 # --------------------------------------------------------------------------- models
@@ -242,7 +234,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         history.append(summary)
         opponent = summary.pop("_next_opponent")
         if accelerator.is_main_process:
-            _write_json(iter_dir / ITERATION_DONE, summary)
+            write_json_atomic(iter_dir / ITERATION_DONE, summary)
             if not cfg.training_for(k).keep_checkpoints:
                 shutil.rmtree(iter_dir / "checkpoints", ignore_errors=True)
         accelerator.wait_for_everyone()
@@ -253,12 +245,13 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         if evaluation is not None:
             results["evaluation"] = evaluation
         results["seconds"] = round(time.time() - started, 1)
-        _write_json(run_dir / "results.json", results)
+        write_json_atomic(run_dir / "results.json", results)
         eval_md = run_dir / "eval" / "results.md"
-        (run_dir / "results.md").write_text(
+        write_text_atomic(
+            run_dir / "results.md",
             render_results_md(
                 results, eval_md.read_text() if evaluation is not None and eval_md.is_file() else None
-            )
+            ),
         )
     accelerator.end_training()
     return results
@@ -417,9 +410,8 @@ def _reference_table(path: Path, compute: Any, accelerator: Any) -> torch.Tensor
 
     if not path.is_file() and accelerator.is_main_process:
         table = compute()
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        save_file({"errors": table.contiguous()}, str(tmp))
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            save_file({"errors": table.contiguous()}, str(tmp))
     accelerator.wait_for_everyone()
     return load_file(str(path))["errors"]
 

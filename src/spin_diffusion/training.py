@@ -15,7 +15,6 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import signal
@@ -24,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
+from spin_diffusion.atomic import write_json_atomic
 from spin_diffusion.errors import UserError
 from spin_diffusion.objectives import (
     dpo_loss,
@@ -640,6 +640,4 @@ def write_summary(out_dir: Path, result: TrainResult, extra: dict[str, Any] | No
         "rank_fingerprints": result.rank_fingerprints,
         **(extra or {}),
     }
-    tmp = out_dir / f".{SUMMARY}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(out_dir / SUMMARY)
+    write_json_atomic(out_dir / SUMMARY, data)

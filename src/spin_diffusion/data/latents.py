@@ -26,6 +26,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from spin_diffusion import __version__
+from spin_diffusion.atomic import atomic_file, write_json_atomic
 from spin_diffusion.data.config import DataConfig
 from spin_diffusion.data.sources import DataSource, Example, PairExample, source_fingerprint
 from spin_diffusion.data.transforms import ImageTransform, drop_caption, flip_for, hflip
@@ -99,12 +100,6 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- manifest helpers
-
-
-def _atomic_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _read_manifest(cache_dir: Path) -> dict | None:
@@ -297,15 +292,14 @@ class _ShardWriter:
             return
         shards = self.manifest["shards"]
         name = f"{SHARD_PREFIX}{len(shards):05d}{SHARD_SUFFIX}"
-        tmp = self.cache_dir / (name + ".tmp")
         tensors = {s: torch.stack(v).contiguous() for s, v in self.tensors.items()}
         meta = {"ids": json.dumps(self.ids), "captions": json.dumps(self.captions)}
-        save_file(tensors, str(tmp), metadata=meta)
-        os.replace(tmp, self.cache_dir / name)
+        with atomic_file(self.cache_dir / name) as tmp:
+            save_file(tensors, str(tmp), metadata=meta)
         shards.append({"file": name, "count": len(self.ids)})
         self.manifest["count"] = sum(s["count"] for s in shards)
         self.manifest["latent_shape"] = list(tensors[self.slots[0]].shape[1:])
-        _atomic_json(self.cache_dir / MANIFEST, self.manifest)
+        write_json_atomic(self.cache_dir / MANIFEST, self.manifest, sort_keys=True)
         self.ids, self.captions = [], []
         self.tensors = {s: [] for s in self.slots}
 
@@ -390,7 +384,7 @@ def ensure_latent_cache(
         "data_path": os.path.abspath(cfg.path),
         "spin_diffusion_version": __version__,
     }
-    _atomic_json(cache_dir / MANIFEST, manifest)
+    write_json_atomic(cache_dir / MANIFEST, manifest, sort_keys=True)
     writer = _ShardWriter(cache_dir, manifest, manifest["slots"], shard_size)
     transform = ImageTransform(cfg)
     source = DataSource(cfg, pairs)
@@ -433,7 +427,7 @@ def ensure_latent_cache(
     if stats.bad:
         log.warning("data %s: skipped %d unusable examples: %s", cfg.path, stats.bad, stats.problems)
     manifest.update(complete=True, stats=stats.to_dict())
-    _atomic_json(cache_dir / MANIFEST, manifest)
+    write_json_atomic(cache_dir / MANIFEST, manifest, sort_keys=True)
     cache = LatentCache(cache_dir, manifest)
     cache.encoded_count = encoded
     cache.status = status

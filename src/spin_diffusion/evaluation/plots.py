@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spin_diffusion.atomic import atomic_file
 from spin_diffusion.evaluation.aggregate import AVERAGE
 
 if TYPE_CHECKING:
@@ -44,10 +44,8 @@ def labelled_grid(
 
 
 def _save_fig(fig: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_file(path, ".png") as tmp:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
 
 
 def plot_metrics(results: dict[str, Any], path: Path) -> Path:

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from spin_diffusion.atomic import atomic_file, save_image_atomic, write_json_atomic, write_text_atomic
 from spin_diffusion.errors import CheckpointError, ConfigError
 from spin_diffusion.evaluation.config import EvaluationConfig, ModelEntry, ScorerConfig, check_model_name
 from spin_diffusion.evaluation.store import (
@@ -22,9 +23,6 @@ from spin_diffusion.evaluation.store import (
     ScoreKey,
     file_hash,
     prompt_id,
-    save_image_atomic,
-    write_json_atomic,
-    write_text_atomic,
 )
 
 if TYPE_CHECKING:
@@ -213,7 +211,6 @@ def _write_wide_scores(
     path: Path, table: dict[str, dict[str, np.ndarray]], prompts: list[str], cfg: EvaluationConfig
 ) -> None:
     """One row per image with every metric as a column (parquet), for analysis in pandas."""
-    import os
 
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -233,9 +230,8 @@ def _write_wide_scores(
                 cols["seed"].append(image_seed(cfg, pid, j))
                 for m in metrics:
                     cols[m].append(float(table[m][name][i, j]))
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    pq.write_table(pa.table(cols), tmp)
-    os.replace(tmp, path)
+    with atomic_file(path) as tmp:
+        pq.write_table(pa.table(cols), tmp)
 
 
 def _distribution(
