@@ -1,0 +1,136 @@
+"""``spin-diffusion toy ...``: data, prompts, judging, pretraining and checking of the toy base model.
+
+Heavy imports (torch, diffusers) happen inside the commands, so ``--help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+from spin_diffusion.errors import UserError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def dataset(
+    out_dir: Annotated[Path, typer.Argument(help="imagefolder to create (PNGs + metadata.jsonl)")],
+    n: Annotated[int, typer.Option(min=1, help="number of (prompt, image) pairs")] = 1000,
+    seed: Annotated[int, typer.Option(help="data seed")] = 0,
+    distribution: Annotated[str, typer.Option(help="curated (fine-tuning) or web (pretraining)")] = "curated",
+    size: Annotated[int, typer.Option(min=16, help="image side in pixels")] = 32,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing non-empty directory")] = False,
+) -> None:
+    """Write toy (prompt, image) pairs in the imagefolder layout diffusers training scripts read."""
+    from spin_diffusion.toy.datasets import write_imagefolder
+
+    if distribution not in ("curated", "web"):
+        raise UserError(f"--distribution must be 'curated' or 'web', got {distribution!r}")
+    out = write_imagefolder(out_dir, n, seed, distribution, size, overwrite)  # type: ignore[arg-type]
+    typer.echo(f"wrote {n} {distribution} pairs to {out}")
+
+
+@app.command()
+def prompts(
+    split: Annotated[str, typer.Argument(help="finetune or eval")],
+    n: Annotated[int, typer.Option(min=1, help="number of prompts")] = 100,
+    seed: Annotated[int, typer.Option(help="prompt seed")] = 0,
+) -> None:
+    """Print fine-tuning or evaluation prompts, one per line (the two sets never share a spec)."""
+    from spin_diffusion.toy.datasets import eval_prompts, finetune_prompts
+
+    if split not in ("finetune", "eval"):
+        raise UserError(f"split must be 'finetune' or 'eval', got {split!r}")
+    for p in (finetune_prompts if split == "finetune" else eval_prompts)(n, seed):
+        typer.echo(p)
+
+
+@app.command()
+def judge(
+    image: Annotated[Path, typer.Argument(help="an image file")],
+    prompt: Annotated[str, typer.Argument(help="the toy prompt it was generated for")],
+) -> None:
+    """Print the oracle's per-attribute verdict for one image as JSON."""
+    from PIL import Image, UnidentifiedImageError
+
+    from spin_diffusion.toy.oracle import judge as judge_image
+
+    try:
+        with Image.open(image) as im:
+            verdict = judge_image(im.convert("RGB"), prompt)
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"{image}: cannot read image ({exc.__class__.__name__})") from exc
+    typer.echo(json.dumps(verdict, indent=2))
+
+
+@app.command()
+def pretrain(
+    out_dir: Annotated[Path, typer.Argument(help="where the pipeline is saved (diffusers layout)")],
+    seed: Annotated[int, typer.Option(help="seed of data, init and training")] = 0,
+    n_images: Annotated[int, typer.Option(min=16, help="web pairs in the fixed pretraining set")] = 8000,
+    vae_steps: Annotated[int, typer.Option(min=1)] = 1500,
+    unet_steps: Annotated[int, typer.Option(min=1)] = 2500,
+    unet_batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    snapshot_every: Annotated[int, typer.Option(min=0, help="also save <out_dir>.step-N every N steps")] = 0,
+    config: Annotated[
+        Path | None, typer.Option(help="JSON/YAML PretrainConfig; overrides the options")
+    ] = None,
+) -> None:
+    """Pretrain the toy base model on web data: VAE first, then UNet + text encoder (logs JSON lines)."""
+    from spin_diffusion.toy.pretrain import PretrainConfig
+    from spin_diffusion.toy.pretrain import pretrain as run_pretrain
+
+    if config is not None:
+        cfg = _load_pretrain_config(config)
+    else:
+        cfg = PretrainConfig(seed=seed, n_images=n_images, vae_steps=vae_steps, unet_steps=unet_steps,
+                             unet_batch_size=unet_batch_size, snapshot_every=snapshot_every)  # fmt: skip
+    run_pretrain(cfg, out_dir)
+
+
+def _load_pretrain_config(path: Path):
+    import yaml
+    from pydantic import ValidationError
+
+    from spin_diffusion.toy.pretrain import PretrainConfig
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserError(f"{path}: cannot read pretraining config ({exc.__class__.__name__})") from exc
+    try:
+        return PretrainConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err["loc"])
+        raise UserError(f"{path}: field {field!r}: {err['msg']}") from exc
+
+
+@app.command()
+def evaluate(
+    model: Annotated[
+        str, typer.Argument(help="pipeline directory ('base' = the shipped toy model)")
+    ] = "base",
+    n_prompts: Annotated[int, typer.Option(min=1)] = 64,
+    images_per_prompt: Annotated[int, typer.Option(min=1)] = 2,
+    seed: Annotated[int, typer.Option()] = 0,
+    guidance: Annotated[float, typer.Option(help="classifier-free guidance scale")] = 5.0,
+    steps: Annotated[int, typer.Option(min=1, help="sampler steps")] = 20,
+    reference: Annotated[
+        Literal["none", "curated", "web"], typer.Option(help="score rendered images instead of the model")
+    ] = "none",
+) -> None:
+    """Oracle numbers (fidelity, style, open-attribute TV, diversity) on toy eval prompts, as JSON."""
+    from spin_diffusion.toy import base_model_path
+    from spin_diffusion.toy.quick_eval import evaluate_model, evaluate_renders
+
+    if reference != "none":
+        result = evaluate_renders(n_prompts, images_per_prompt, seed, reference)
+    else:
+        path = base_model_path() if model == "base" else model
+        result = evaluate_model(path, n_prompts, images_per_prompt, seed, guidance, steps)
+    typer.echo(json.dumps({k: round(v, 4) for k, v in result.items()}, indent=2))
