@@ -30,55 +30,43 @@ ITERATION_DONE = "iteration.json"
 
 
 @dataclass
-class RealData:
-    """SFT: the real latent of each example."""
+class _CacheData:
+    """Examples of the real-latent cache: their count and captions (what every method shares)."""
 
     cache: Any
     flip: bool
-    paired: bool = False
 
     def __len__(self) -> int:
         return len(self.cache)
 
     def caption(self, index: int) -> str:
         return self.cache.captions[index]
+
+
+class RealData(_CacheData):
+    """SFT: the real latent of each example."""
+
+    paired = False
 
     def latents(self, index: int, epoch: int, rng: torch.Generator) -> tuple[torch.Tensor, None]:
         return self.cache.latents(index, flip=_coin(rng, self.flip)), None
 
 
-@dataclass
-class PreferenceData:
+class PreferenceData(_CacheData):
     """DPO: (winner, loser) latents of each preference pair."""
 
-    cache: Any
-    flip: bool
-    paired: bool = True
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    def caption(self, index: int) -> str:
-        return self.cache.captions[index]
+    paired = True
 
     def latents(self, index: int, epoch: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return self.cache.pair_latents(index, flip=_coin(rng, self.flip))
 
 
 @dataclass
-class SelfPlayData:
+class SelfPlayData(_CacheData):
     """SPIN: the real latent paired with one of the opponent's samples for the same caption."""
 
-    cache: Any
-    samples: Any
-    flip: bool
-    paired: bool = True
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    def caption(self, index: int) -> str:
-        return self.cache.captions[index]
+    samples: Any = None
+    paired = True
 
     def latents(self, index: int, epoch: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         import torch
@@ -321,7 +309,7 @@ def _run_iteration(
             show_progress=show_progress,
         )
         pipe.unet = base_unet
-        data = SelfPlayData(cache, samples, flip=data_cfg.random_flip)
+        data = SelfPlayData(cache, flip=data_cfg.random_flip, samples=samples)
     elif cfg.method == "dpo":
         data = PreferenceData(cache, flip=data_cfg.random_flip)
     else:
