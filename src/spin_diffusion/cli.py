@@ -64,26 +64,13 @@ def demo(
 
 def _mount_subcommands() -> None:
     """Sub-apps of the data, evaluation and toy modules (each keeps its imports light)."""
-    import importlib.util
+    from spin_diffusion.data.cli import app as data_app
+    from spin_diffusion.evaluation.cli import evaluate_command
+    from spin_diffusion.toy.cli import app as toy_app
 
-    def _has(pkg: str) -> bool:
-        return importlib.util.find_spec(f"spin_diffusion.{pkg}") is not None and (
-            importlib.util.find_spec(f"spin_diffusion.{pkg}.cli") is not None
-        )
-
-    # TEMPORARY while the sub-packages land in parallel; made unconditional once they exist.
-    if _has("data"):
-        from spin_diffusion.data.cli import app as data_app
-
-        app.add_typer(data_app, name="data", help="Check and inspect image-caption data.")
-    if _has("toy"):
-        from spin_diffusion.toy.cli import app as toy_app
-
-        app.add_typer(toy_app, name="toy", help="The embedded toy world: data, pretraining of the base.")
-    if _has("evaluation"):
-        from spin_diffusion.evaluation.cli import evaluate_command
-
-        app.command("evaluate")(evaluate_command)
+    app.add_typer(data_app, name="data", help="Check image-caption data before training on it.")
+    app.add_typer(toy_app, name="toy", help="The embedded toy world: data, prompts, judge, pretraining.")
+    app.command("evaluate")(evaluate_command)
 
 
 _mount_subcommands()
