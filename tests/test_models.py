@@ -175,3 +175,23 @@ def test_saved_tokenizer_is_word_level(tiny_pipeline_dir: Path) -> None:
         json.loads((tiny_pipeline_dir / "model_index.json").read_text())["_class_name"]
         == "StableDiffusionPipeline"
     )
+
+
+def test_merge_lora_gives_a_plain_unet_with_the_same_output(tiny_pipeline_dir: Path) -> None:
+    import copy
+
+    from spin_diffusion.models import merge_lora
+
+    unet = load_pipeline(tiny_pipeline_dir).unet
+    base_keys = set(unet.state_dict())
+    add_lora(unet, LoraSettings(rank=2, alpha=2.0))
+    with torch.no_grad():
+        for name, p in unet.named_parameters():
+            if "lora_B" in name:
+                p.normal_(generator=torch.Generator().manual_seed(0))
+    x, emb, t = torch.randn(1, 4, 8, 8), torch.randn(1, 8, 16), torch.tensor([3])
+    with torch.no_grad():
+        expected = unet(x, t, emb).sample
+        merged = merge_lora(copy.deepcopy(unet))
+        torch.testing.assert_close(merged(x, t, emb).sample, expected, atol=1e-5, rtol=1e-5)
+    assert set(merged.state_dict()) == base_keys  # loads into a plain UNet2DConditionModel

@@ -307,3 +307,25 @@ def test_two_process_data_parallel_training(
     assert len(summary["rank_fingerprints"]) == 2 and len(set(summary["rank_fingerprints"])) == 1
     manifest = json.loads((tmp_path / "runs" / "run" / "iter-1" / "samples" / "manifest.json").read_text())
     assert manifest["world_size"] == 2 and manifest["num_prompts"] == 8
+
+
+def test_lora_self_play_and_precomputed_reference(
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
+) -> None:
+    data = {"source": "imagefolder", "path": str(imagefolder)}
+    lora = {"pretrained": str(tiny_pipeline_dir), "lora": {"enabled": True, "rank": 2}}
+    cfg = _config(tmp_path, tiny_pipeline_dir, data, model=lora)
+    assert main(["train", str(cfg), "--set", "training.precompute_reference=true"]) == 0
+    run = tmp_path / "runs" / "run"
+    for k in (1, 2):
+        assert (run / f"iter-{k}" / "reference_errors.safetensors").is_file()
+        first = json.loads((run / f"iter-{k}" / "train_log.jsonl").read_text().splitlines()[0])
+        assert first["loss"] == pytest.approx(0.6931, abs=1e-3)  # LoRA starts at zero: theta == opponent
+    # iteration 1 is a LoRA on the base; iteration 2 a LoRA on theta_1, plus the merged UNet of theta_2
+    assert (run / "iter-1" / "model" / "pytorch_lora_weights.safetensors").is_file()
+    assert not (run / "iter-1" / "model" / "unet").exists()
+    assert (run / "iter-2" / "model" / "pytorch_lora_weights.safetensors").is_file()
+    _sample_ok(_plain_pipeline(tiny_pipeline_dir, run / "iter-2" / "model"))
+    results = json.loads((run / "results.json").read_text())
+    it1, it2 = results["iterations"]
+    assert it2["opponent_fingerprint"] == it1["model_fingerprint"]

@@ -251,7 +251,7 @@ def save_full_pipeline(pipe: DiffusionPipeline, unet: UNet2DConditionModel, out_
     out_dir = Path(out_dir)
     if has_lora(unet):
         unet = copy.deepcopy(unet)
-        unet = _merge_lora(unet)
+        unet = merge_lora(unet)
     original = pipe.unet
     pipe.unet = unet
     try:
@@ -262,14 +262,10 @@ def save_full_pipeline(pipe: DiffusionPipeline, unet: UNet2DConditionModel, out_
     return out_dir
 
 
-def _merge_lora(unet: UNet2DConditionModel) -> UNet2DConditionModel:
-    """Fold LoRA weights into the base layers and drop the adapter modules."""
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for module in unet.modules():
-        if isinstance(module, BaseTunerLayer):
-            module.merge()
-    unet.delete_adapters(list(unet.peft_config))
+def merge_lora(unet: UNet2DConditionModel) -> UNet2DConditionModel:
+    """Fold the LoRA weights into the base layers and remove the adapter wrappers (plain UNet keys)."""
+    unet.fuse_lora(lora_scale=1.0)
+    unet.unload_lora()
     return unet
 
 

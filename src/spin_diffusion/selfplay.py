@@ -123,11 +123,11 @@ def _torch_dtype(name: str) -> torch.dtype:
 
 def merged_copy(unet: Any) -> Any:
     """A plain UNet with any LoRA folded in: theta_k as the next opponent sees it."""
-    from spin_diffusion.models import _merge_lora, has_lora
+    from spin_diffusion.models import has_lora, merge_lora
 
     clone = copy.deepcopy(unet)
     if has_lora(clone):
-        clone = _merge_lora(clone)
+        clone = merge_lora(clone)
     clone.requires_grad_(False)
     clone.eval()
     return clone
