@@ -134,3 +134,33 @@ def evaluate(
         path = base_model_path() if model == "base" else model
         result = evaluate_model(path, n_prompts, images_per_prompt, seed, guidance, steps)
     typer.echo(json.dumps({k: round(v, 4) for k, v in result.items()}, indent=2))
+
+
+@app.command("refine-decoder")
+def refine_decoder_cmd(
+    model_dir: Annotated[
+        Path, typer.Argument(help="a pipeline written by `toy pretrain` (updated in place)")
+    ],
+    steps: Annotated[int, typer.Option(min=1, help="decoder steps")] = 1500,
+    threads: Annotated[int, typer.Option(min=1)] = 2,
+) -> None:
+    """Run pretraining's stage 3 alone: refine the VAE decoder with the encoder (and UNet) untouched."""
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from spin_diffusion.toy.pretrain import PretrainConfig, refine_decoder, save_pipeline
+
+    summary_path = model_dir / "pretrain_summary.json"
+    if not summary_path.is_file():
+        raise UserError(
+            f"{model_dir}: no pretrain_summary.json (not written by `spin-diffusion toy pretrain`)"
+        )
+    summary = json.loads(summary_path.read_text())
+    known = set(PretrainConfig.model_fields)
+    cfg = PretrainConfig(**{k: v for k, v in summary["config"].items() if k in known}).model_copy(
+        update={"decoder_steps": steps, "threads": threads}
+    )
+    torch.set_num_threads(threads)
+    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    refine_decoder(pipe.vae, cfg, lambda rec: typer.echo(json.dumps(rec)))
+    save_pipeline(pipe, model_dir, {**summary, "decoder_refined": {"steps": steps}})

@@ -46,6 +46,7 @@ class PretrainConfig(BaseModel):
     vae_batch_size: int = Field(16, ge=1)
     vae_lr: float = Field(2e-3, gt=0)
     kl_weight: float = Field(1e-6, ge=0)
+    decoder_steps: int = Field(1500, ge=0, description="stage 3: refine the VAE decoder, encoder frozen")
     unet_steps: int = Field(2500, ge=1)
     unet_batch_size: int = Field(16, ge=1)
     unet_lr: float = Field(1e-3, gt=0)
@@ -101,6 +102,48 @@ def train_vae(vae, pixels: torch.Tensor, cfg: PretrainConfig, gen: torch.Generat
             log({"stage": "vae", "step": step, "loss": round(loss.item(), 5)})
     vae.eval()
     vae.requires_grad_(False)
+
+
+def refine_decoder(vae, cfg: PretrainConfig, log: Callable) -> None:
+    """Stage 3: train only the VAE decoder (the encoder, hence the UNet's latent space, stays fixed).
+
+    Like SD's later fine-tuned decoders, this sharpens reconstructions (here: palette colours, which
+    a short joint VAE run gets wrong) without touching the UNet. Data and RNG depend only on the seed.
+    """
+    import torch
+
+    from spin_diffusion.toy.datasets import generate_pairs
+
+    if cfg.decoder_steps == 0:
+        return
+    web = generate_pairs(cfg.n_images, cfg.seed, "web", cfg.image_size)
+    curated = generate_pairs(cfg.vae_curated_images, cfg.seed, "curated", cfg.image_size)
+    pixels = _images_to_tensor([im for _, im in web + curated])
+    gen = torch.Generator().manual_seed(cfg.seed + 3)
+    with torch.inference_mode():
+        mean, std = encode_latents(vae, pixels)
+    decoder = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    vae.requires_grad_(False)
+    for p in decoder:
+        p.requires_grad_(True)
+    opt = torch.optim.AdamW(decoder, lr=cfg.vae_lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.decoder_steps // 10 + 1, cfg.decoder_steps))
+    vae.train()
+    for step in range(cfg.decoder_steps):
+        idx = torch.randint(len(pixels), (cfg.vae_batch_size,), generator=gen)
+        z = mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)
+        rec = vae.decode(z).sample
+        x = pixels[idx]
+        loss = (rec - x).abs().mean() + ((rec - x) ** 2).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == cfg.decoder_steps - 1:
+            log({"stage": "decoder", "step": step, "loss": round(loss.item(), 5)})
+    vae.eval()
+    vae.requires_grad_(False)
+    log({"stage": "decoder_done", "recon_fidelity": vae_recon_fidelity(vae, cfg)})
 
 
 def vae_recon_fidelity(vae, cfg: PretrainConfig, n: int = 64) -> float:
@@ -246,6 +289,7 @@ def pretrain(
         log({"stage": "snapshot", "step": step})
 
     train_denoiser(pipe, (mean, std), captions, cfg, gen, log, snapshot)
+    refine_decoder(pipe.vae, cfg, log)
     save_pipeline(pipe, out_dir, {"config": cfg.model_dump(), "seconds": round(time.time() - start, 1)})
     log({"stage": "done", "seconds": round(time.time() - start, 1), "out_dir": str(out_dir)})
     return pipe
