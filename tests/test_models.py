@@ -195,3 +195,16 @@ def test_merge_lora_gives_a_plain_unet_with_the_same_output(tiny_pipeline_dir: P
         merged = merge_lora(copy.deepcopy(unet))
         torch.testing.assert_close(merged(x, t, emb).sample, expected, atol=1e-5, rtol=1e-5)
     assert set(merged.state_dict()) == base_keys  # loads into a plain UNet2DConditionModel
+
+
+def test_word_tokenizer_gives_one_token_per_word_even_when_words_overlap() -> None:
+    from spin_diffusion.tiny_pipeline import build_word_tokenizer
+    from spin_diffusion.toy.world import VOCABULARY
+
+    # "and" / "triangle", "or" / "orange", "a" / "an": merges of one word occur inside others
+    words = [*VOCABULARY, "and", "an", "or", "angle", "tri"]
+    tok = build_word_tokenizer(words, max_length=40)
+    for w in words:
+        assert len(tok(w, add_special_tokens=False).input_ids) == 1, w
+    ids = tok("a purple triangle and an orange cross").input_ids
+    assert len(ids) == 2 + 7

@@ -8,6 +8,7 @@ downloading weights; this module assembles one from small configs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -18,17 +19,30 @@ BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
 
 
-def build_word_tokenizer(words: list[str], max_length: int = 16) -> CLIPTokenizer:
-    """A ``CLIPTokenizer`` whose BPE merges spell exactly ``words`` as single tokens.
+def _bpe(symbols: list[str], ranks: dict[tuple[str, str], int]) -> list[str]:
+    """Apply BPE merges the way the tokenizer does: always the best-ranked adjacent pair first."""
+    while len(symbols) > 1:
+        pairs = [(ranks.get((a, b), len(ranks)), i) for i, (a, b) in enumerate(pairwise(symbols))]
+        rank, i = min(pairs)
+        if rank == len(ranks):
+            break
+        symbols = [*symbols[:i], symbols[i] + symbols[i + 1], *symbols[i + 2 :]]
+    return symbols
 
-    The vocabulary holds every character, every left-to-right prefix of each
-    word, and the words themselves, so each known word becomes one token and
-    the saved tokenizer loads with the ordinary ``CLIPTokenizer.from_pretrained``.
+
+def build_word_tokenizer(words: list[str], max_length: int = 16) -> CLIPTokenizer:
+    """A ``CLIPTokenizer`` whose BPE merges spell each of ``words`` as exactly one token.
+
+    For each word the merges learnt so far are replayed (as the tokenizer would)
+    and a merge is appended until the word is one symbol. A new merge ranks
+    below every earlier one, so it never changes how an earlier word splits.
+    The saved tokenizer loads with the ordinary ``CLIPTokenizer.from_pretrained``.
     """
     from transformers import CLIPTokenizer
 
     vocab: dict[str, int] = {}
     merges: list[tuple[str, str]] = []
+    ranks: dict[tuple[str, str], int] = {}
 
     def add(token: str) -> None:
         if token not in vocab:
@@ -40,12 +54,11 @@ def build_word_tokenizer(words: list[str], max_length: int = 16) -> CLIPTokenize
         symbols = [*word[:-1], word[-1] + "</w>"]
         for s in symbols:
             add(s)
-        current = symbols[0]
-        for s in symbols[1:]:
-            if (current, s) not in merges:
-                merges.append((current, s))
-            current += s
-            add(current)
+        while len(symbols := _bpe(symbols, ranks)) > 1:
+            pair = (symbols[0], symbols[1])
+            ranks[pair] = len(merges)
+            merges.append(pair)
+            add(pair[0] + pair[1])
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
