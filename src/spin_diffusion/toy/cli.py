@@ -35,6 +35,20 @@ def dataset(
 
 
 @app.command()
+def preferences(
+    out_file: Annotated[Path, typer.Argument(help="parquet file to write (Pick-a-Pic v2 columns)")],
+    n: Annotated[int, typer.Option(min=1, help="number of rows (about 10% are ties)")] = 1000,
+    seed: Annotated[int, typer.Option(help="data seed")] = 0,
+    size: Annotated[int, typer.Option(min=16, help="image side in pixels")] = 32,
+) -> None:
+    """Write toy preference pairs (curated winner vs web-rendered loser) for the DPO baseline."""
+    from spin_diffusion.toy.preferences import write_preference_parquet
+
+    out = write_preference_parquet(out_file, n, seed, size)
+    typer.echo(f"wrote {n} preference rows to {out}")
+
+
+@app.command()
 def prompts(
     split: Annotated[str, typer.Argument(help="finetune or eval")],
     n: Annotated[int, typer.Option(min=1, help="number of prompts")] = 100,
