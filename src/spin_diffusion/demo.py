@@ -45,7 +45,7 @@ def demo_config(output_dir: Path, iterations: int, quick: bool) -> dict[str, Any
         "sampling": {
             "num_inference_steps": size["sample_steps"],
             "guidance_scale": 3.0,
-            "batch_size": 64,
+            "batch_size": 128,
             "shard_size": 256,
             "num_previews": 16,
         },
@@ -63,7 +63,7 @@ def demo_config(output_dir: Path, iterations: int, quick: bool) -> dict[str, Any
             "scorers": [{"kind": "toy_fidelity"}, {"kind": "toy_style"}],
             "num_inference_steps": size["sample_steps"],
             "guidance_scale": 3.0,
-            "batch_size": 64,
+            "batch_size": 128,
             "grid_prompts": 8,
         },
     }

@@ -9,10 +9,11 @@ safetensors shards; a shard is the unit of resume.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,7 +72,7 @@ def generate_latents(
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
     out = []
-    with torch.inference_mode():
+    with torch.inference_mode(), _quiet_diffusers():
         for start in range(0, len(prompts), batch_size):
             batch_prompts = list(prompts[start : start + batch_size])
             gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds[start : start + batch_size]]
@@ -90,6 +91,19 @@ def generate_latents(
             if progress is not None:
                 progress.update(len(batch_prompts))
     return torch.cat(out) if out else torch.empty(0)
+
+
+@contextlib.contextmanager
+def _quiet_diffusers() -> Iterator[None]:
+    """Silence the pipeline's per-batch warnings (it prints every truncated prompt of every batch)."""
+    from diffusers.utils import logging as dlogging
+
+    level = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        dlogging.set_verbosity(level)
 
 
 def _call_parameters(pipe: DiffusionPipeline) -> set[str]:
