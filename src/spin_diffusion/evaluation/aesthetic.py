@@ -82,8 +82,7 @@ class AestheticScorer(BatchedScorer):
         batch_size: int = 16,
         name: str | None = None,
     ):
-        super().__init__(device, batch_size)
-        self.name = name or self.name
+        super().__init__(device, batch_size, name)
         self.mlp = load_aesthetic_mlp(mlp_path).to(device)
         self.clip = load_clip_model(clip_path, "aesthetic CLIP model", device)
         self.image_processor = load_clip_image_processor(clip_path, "aesthetic CLIP model")

@@ -45,8 +45,7 @@ class HPSv2Scorer(BatchedScorer):
         batch_size: int = 16,
         name: str | None = None,
     ):
-        super().__init__(device, batch_size)
-        self.name = name or self.name
+        super().__init__(device, batch_size, name)
         path = require_file(checkpoint, "HPSv2 checkpoint")
         self.tokenizer = load_clip_tokenizer(tokenizer_path, "HPSv2 tokenizer")
         state = load_torch_state(path, "HPSv2 checkpoint")

@@ -396,8 +396,7 @@ class ImageRewardScorer(BatchedScorer):
         batch_size: int = 16,
         name: str | None = None,
     ):
-        super().__init__(device, batch_size)
-        self.name = name or self.name
+        super().__init__(device, batch_size, name)
         self.model = load_imagereward_model(checkpoint).to(device)
         self.tokenizer = load_blip_tokenizer(tokenizer_path)
         if len(self.tokenizer) > self.model.spec.vocab_size:

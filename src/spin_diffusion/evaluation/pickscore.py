@@ -39,8 +39,7 @@ class PickScoreScorer(BatchedScorer):
         batch_size: int = 16,
         name: str | None = None,
     ):
-        super().__init__(device, batch_size)
-        self.name = name or self.name
+        super().__init__(device, batch_size, name)
         proc = processor_path or model_path
         self.model = load_clip_model(model_path, "PickScore model", device)
         self.image_processor = load_clip_image_processor(proc, "PickScore processor")

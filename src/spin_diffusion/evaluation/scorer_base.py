@@ -36,9 +36,10 @@ class BatchedScorer:
 
     name = "scorer"
 
-    def __init__(self, device: str = "cpu", batch_size: int = 16):
+    def __init__(self, device: str = "cpu", batch_size: int = 16, name: str | None = None):
         self.device = device
         self.batch_size = batch_size
+        self.name = name or self.name  # a config may rename the metric
 
     def score(self, images: Sequence[Image.Image], prompts: Sequence[str]) -> torch.Tensor:
         import torch
