@@ -17,6 +17,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
     torch.set_num_threads(1)
 
+
 WORDS = ["a", "red", "blue", "green", "circle", "square", "on", "the", "left", "right"]
 
 
