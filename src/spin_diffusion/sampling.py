@@ -72,20 +72,18 @@ def generate_latents(
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
     out = []
+    extra: dict[str, Any] = {"eta": eta} if "eta" in _call_parameters(pipe) else {}
     with torch.inference_mode(), _quiet_diffusers():
         for start in range(0, len(prompts), batch_size):
             batch_prompts = list(prompts[start : start + batch_size])
             gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds[start : start + batch_size]]
-            kwargs: dict[str, Any] = {}
-            if "eta" in _call_parameters(pipe):
-                kwargs["eta"] = eta
             result = pipe(
                 prompt=batch_prompts,
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
                 generator=gens,
                 output_type="latent",
-                **kwargs,
+                **extra,
             )
             out.append(result.images.float().cpu())
             if progress is not None:

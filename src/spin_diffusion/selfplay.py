@@ -364,7 +364,7 @@ def _run_iteration(
         seed=seed,
         caption_dropout=caption_dropout,
         show_progress=show_progress,
-        on_step=lambda step, m: accelerator.log({f"iter{k}/{n}": v for n, v in m.items()}, step=step),
+        log_prefix=f"iter{k}/",  # steps restart each iteration: keep the curves apart
     )
     result = trainer.train()
     trained = accelerator.unwrap_model(trainer.unet)

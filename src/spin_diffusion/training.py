@@ -18,7 +18,7 @@ import math
 import re
 import shutil
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -406,7 +406,7 @@ class Trainer:
         seed: int,
         caption_dropout: float = 0.0,
         show_progress: bool = True,
-        on_step: Callable[[int, dict[str, float]], None] | None = None,
+        log_prefix: str = "",
     ):
         self.method = method
         self.cfg = cfg
@@ -422,7 +422,7 @@ class Trainer:
         self.seed = seed
         self.caption_dropout = caption_dropout
         self.show_progress = show_progress
-        self.on_step = on_step
+        self.log_prefix = log_prefix
         self.step = 0
         self.micro_step = 0
         self._setup()
@@ -586,10 +586,8 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "implicit_acc") if k in metrics})
                 if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
-                    self.acc.log(metrics, step=self.step)
+                    self.acc.log({self.log_prefix + k: v for k, v in metrics.items()}, step=self.step)
                     self._append_log(metrics)
-                if self.on_step is not None:
-                    self.on_step(self.step, metrics)
                 interrupted = self._any_process_flag(stop.signal is not None)
                 if interrupted or self.step % self.cfg.checkpointing_steps == 0:
                     path = self.save_checkpoint()
