@@ -194,7 +194,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     if len(cache) == 0:
         raise ConfigError(f"data source {data_cfg.path} has no usable examples")
 
-    opponent = base_unet  # theta_0
+    opponent, opponent_fp = base_unet, base_fp  # theta_0
     history: list[dict[str, Any]] = []
     if accelerator.is_main_process:
         accelerator.init_trackers(cfg.name)
@@ -203,6 +203,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         if _iteration_done(run_dir, k):
             summary = json.loads((iter_dir / ITERATION_DONE).read_text())
             opponent = load_iteration_unet(base_unet, pipe, iter_dir / "model")
+            opponent_fp = summary["model_fingerprint"]  # as recorded when theta_k was made
             history.append(summary)
             continue
         iter_dir.mkdir(parents=True, exist_ok=True)
@@ -213,14 +214,14 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
             pipe,
             base_unet,
             opponent,
-            base_fp,
+            opponent_fp,
             noise_scheduler,
             cache,
             iter_dir,
             show_progress,
         )
         history.append(summary)
-        opponent = summary.pop("_next_opponent")
+        opponent, opponent_fp = summary.pop("_next_opponent"), summary["model_fingerprint"]
         if accelerator.is_main_process:
             write_json_atomic(iter_dir / ITERATION_DONE, summary)
             if not cfg.training_for(k).keep_checkpoints:
@@ -263,7 +264,7 @@ def _run_iteration(
     pipe: Any,
     base_unet: Any,
     opponent: Any,
-    base_fp: str,
+    opponent_fp: str,
     noise_scheduler: Any,
     cache: Any,
     iter_dir: Path,
@@ -288,7 +289,6 @@ def _run_iteration(
 
     train_cfg = cfg.training_for(k)
     data_cfg = cfg.data_config()
-    opponent_fp = base_fp if opponent is base_unet else fingerprint_module(opponent)
     seed = cfg.seed + 1000 * k
 
     # 1. the opponent's samples (SPIN only)
