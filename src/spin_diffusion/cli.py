@@ -76,8 +76,32 @@ def _mount_subcommands() -> None:
 _mount_subcommands()
 
 
+def _click_exception_types() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """(usage-error bases, abort types) of every click that may be in play.
+
+    typer >= 0.24 bundles its own click (``typer._click``) whose exceptions do not subclass
+    ``click.ClickException``; older typer raises plain click's. Both are caught so a version bump
+    in either direction cannot turn a typo back into a traceback.
+    """
+    import importlib
+
+    usage: list[type[BaseException]] = []
+    abort: list[type[BaseException]] = []
+    for module in ("typer._click.exceptions", "typer.exceptions", "click.exceptions"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:  # not every typer bundles click; click itself may be absent
+            continue
+        if isinstance(getattr(mod, "ClickException", None), type):
+            usage.append(mod.ClickException)
+        if isinstance(getattr(mod, "Abort", None), type):
+            abort.append(mod.Abort)
+    return tuple(usage), tuple(abort)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and a non-zero exit code."""
+    usage_errors, aborts = _click_exception_types()
     try:
         rc = app(args=argv, standalone_mode=False)
     except UserError as exc:
@@ -87,16 +111,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except SystemExit as exc:
-        return int(exc.code or 0)
-    except Exception as exc:  # click usage errors
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            return exc.exit_code
-        if isinstance(exc, click.exceptions.Abort):
-            return 130
-        raise
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except usage_errors as exc:  # bad command, option or value: click's usage line and exit 2
+        exc.show()  # type: ignore[attr-defined]
+        return int(getattr(exc, "exit_code", 2))
+    except aborts:
+        print("aborted", file=sys.stderr)
+        return 130
     return rc if isinstance(rc, int) else 0
 
 
