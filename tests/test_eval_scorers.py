@@ -325,7 +325,10 @@ def test_imagereward_wrong_files(weights, tmp_path):
     sd = torch.load(weights["ir"], weights_only=True)
     sd.pop("blip.text_encoder.encoder.layer.1.crossattention.self.key.weight")
     torch.save(sd, path)
-    with pytest.raises(CheckpointError, match="does not fit the BLIP reward layout"):
+    with pytest.raises(
+        CheckpointError,
+        match="ImageReward checkpoint .* missing blip.text_encoder.encoder.layer.1.crossattention",
+    ):
         build_scorer(_cfg(weights, "imagereward", path=str(path)), "cpu")
     with pytest.raises(CheckpointError, match="holds no BERT tokenizer"):
         build_scorer(_cfg(weights, "imagereward", tokenizer_path=str(tmp_path)), "cpu")
@@ -422,3 +425,59 @@ def test_toy_oracle_is_registered_by_name():
     style = build_scorer(ScorerConfig(kind="toy_style"), "cpu")
     assert style.name == "toy_style"
     assert style.score([good], [prompt]).shape == (1,)
+
+
+# ------------------------------------------------------- CLIP folders with wrong weights
+def _clip_copy_with(weights, tmp_path, edit) -> str:
+    """A copy of the tiny CLIP folder whose ``model.safetensors`` is rewritten by ``edit``."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = tmp_path / "clip_edited"
+    shutil.copytree(weights["clip"], out)
+    state = load_file(str(out / "model.safetensors"))
+    save_file(edit(state), str(out / "model.safetensors"), metadata={"format": "pt"})
+    return str(out)
+
+
+def _without_text_projection(state):
+    return {k: v for k, v in state.items() if k != "text_projection.weight"}
+
+
+def _every_key_renamed(state):
+    # not "clip.": transformers strips CLIPModel's own base-model prefix and loads those correctly
+    return {f"tower.{k}": v for k, v in state.items()}
+
+
+@pytest.mark.parametrize(
+    ("edit", "key"),
+    [(_without_text_projection, "text_projection.weight"), (_every_key_renamed, "unexpected tower.")],
+    ids=["missing_text_projection", "every_key_renamed"],
+)
+def test_clip_folders_with_wrong_weights_are_refused(weights, tmp_path, edit, key):
+    from spin_diffusion.evaluation.clip_utils import load_clip_model
+    from spin_diffusion.evaluation.distribution import clip_feature_extractor
+
+    bad = _clip_copy_with(weights, tmp_path, edit)
+    with pytest.raises(CheckpointError, match="PickScore model") as info:
+        build_scorer(_cfg(weights, "pickscore", path=bad), "cpu")
+    message = str(info.value)
+    assert "\n" not in message and bad in message and key in message
+    with pytest.raises(CheckpointError, match="aesthetic CLIP model"):
+        build_scorer(_cfg(weights, "aesthetic", clip_path=bad), "cpu")
+    with pytest.raises(CheckpointError, match="FID CLIP feature model"):
+        clip_feature_extractor(bad)
+    with pytest.raises(CheckpointError):
+        load_clip_model(bad, "CLIP")
+
+
+def test_an_intact_clip_folder_loads_with_its_saved_weights(weights):
+    from safetensors.torch import load_file
+
+    from spin_diffusion.evaluation.clip_utils import load_clip_model
+
+    model = load_clip_model(weights["clip"], "CLIP")
+    saved = load_file(str(weights["clip"] / "model.safetensors"))
+    state = model.state_dict()
+    assert saved and all(torch.equal(state[k], v.float()) for k, v in saved.items())

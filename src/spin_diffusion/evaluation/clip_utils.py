@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.errors import CheckpointError
-from spin_diffusion.evaluation.scorer_base import require_dir
+from spin_diffusion.evaluation.scorer_base import refuse_incomplete_load, require_dir
 
 if TYPE_CHECKING:
     import torch
@@ -37,16 +37,28 @@ def _first_line(exc: Exception) -> str:
 
 
 def load_clip_model(path: str | Path, what: str, device: str = "cpu") -> CLIPModel:
-    """A ``CLIPModel`` from a local ``save_pretrained`` directory (config.json + weights)."""
+    """A ``CLIPModel`` from a local ``save_pretrained`` directory (config.json + weights).
+
+    Every weight must load: a missing or renamed key would otherwise be scored
+    with random values (see ``refuse_incomplete_load``).
+    """
     from transformers import CLIPModel
 
     p = require_dir(path, what, must_hold=("config.json",))
     try:
-        model = CLIPModel.from_pretrained(str(p), local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
+        model, info = CLIPModel.from_pretrained(str(p), local_files_only=True, output_loading_info=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise CheckpointError(
             f"{what} {p} is not a loadable CLIPModel directory: {_first_line(exc)}"
         ) from exc
+    # transformers only warns about weights it had to initialise at random; we refuse them
+    refuse_incomplete_load(
+        what,
+        p,
+        info.get("missing_keys", ()),
+        info.get("unexpected_keys", ()),
+        info.get("mismatched_keys", ()),
+    )
     return model.to(device).float().eval()
 
 

@@ -37,6 +37,7 @@ from spin_diffusion.evaluation.scorer_base import (
     CLIP_STD,
     BatchedScorer,
     load_torch_state,
+    refuse_incomplete_load,
     require_dir,
     require_file,
     resize_shorter_center_crop,
@@ -354,11 +355,7 @@ def load_imagereward_model(path: str | Path) -> ImageRewardModel:
     model = ImageRewardModel(spec)
     wanted = {k: v.float() for k, v in state.items() if _USED.match(k) and not k.endswith("position_ids")}
     missing, unexpected = model.load_state_dict(wanted, strict=False)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"ImageReward checkpoint {p} does not fit the BLIP reward layout: "
-            f"missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
+    refuse_incomplete_load("ImageReward checkpoint", p, missing, unexpected)
     return model.eval()
 
 

@@ -16,6 +16,7 @@ import re
 from typing import TYPE_CHECKING
 
 from spin_diffusion.errors import CheckpointError
+from spin_diffusion.evaluation.scorer_base import refuse_incomplete_load
 
 if TYPE_CHECKING:
     import torch
@@ -213,11 +214,7 @@ def load_openclip_as_clipmodel(
     with torch.device("meta"):
         model = CLIPModel(config)
     missing, unexpected = model.load_state_dict(mapped, strict=False, assign=True)
-    missing = [k for k in missing if not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise CheckpointError(
-            f"open_clip -> CLIPModel mapping incomplete: missing {missing[:3]}, unexpected {unexpected[:3]}"
-        )
+    refuse_incomplete_load("open_clip state dict", "(as a CLIPModel)", missing, unexpected)
     _materialize_buffers(model)
     return model.float().eval()
 

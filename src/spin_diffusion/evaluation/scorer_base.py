@@ -7,7 +7,7 @@ one batch is scored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
@@ -85,6 +85,35 @@ def require_dir(path: str | Path, what: str, must_hold: Sequence[str] = ()) -> P
         if not (p / name).exists():
             raise CheckpointError(f"{what} {p} has no {name}")
     return p
+
+
+def _ignorable(key: str) -> bool:
+    # position ids are buffers rebuilt from the config; releases differ on whether they save them
+    return key.split(".")[-1] == "position_ids"
+
+
+def refuse_incomplete_load(
+    what: str,
+    path: str | Path,
+    missing: Iterable[str] = (),
+    unexpected: Iterable[str] = (),
+    mismatched: Iterable[str] = (),
+) -> None:
+    """Raise one ``CheckpointError`` line when weights did not all load into their places.
+
+    A scorer with a freshly initialised (random) layer still returns numbers, so
+    any missing, unexpected or wrongly shaped key other than ``position_ids`` is
+    a refusal, never a warning. Every loader of the package calls this one check.
+    """
+    parts = []
+    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+        bad = sorted({str(k if isinstance(k, str) else k[0]) for k in keys} - {""})
+        bad = [k for k in bad if not _ignorable(k)]
+        if bad:
+            more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+            parts.append(f"{label} {', '.join(bad[:3])}{more}")
+    if parts:
+        raise CheckpointError(f"{what} {path} does not hold the weights it should: {'; '.join(parts)}")
 
 
 def load_torch_state(path: Path, what: str) -> dict[str, torch.Tensor]:
