@@ -252,3 +252,44 @@ def test_cli_evaluate_command(evaluated, weights, tmp_path, capsys):
     assert main(["evaluate", str(path)]) == 2
     err = capsys.readouterr().err
     assert err == f"error: model broken: path {tmp_path / 'no-such-model'} does not exist\n"
+
+
+def _with_a_broken_file(weights, tmp_path, what: str) -> EvaluationConfig:
+    cfg = _cfg(weights).model_dump(mode="json")
+    nope = str(tmp_path / "nope")
+    if what == "scorer path":
+        cfg["scorers"][3]["path"] = nope  # the aesthetic MLP, the 4th of 5 scorers
+    elif what == "tokenizer":
+        cfg["scorers"][2]["tokenizer_path"] = nope
+    elif what == "clip weights":  # a CLIP folder whose weights do not all load (item 6)
+        bad = tmp_path / "clip_without_projection"
+        shutil.copytree(weights["clip"], bad)
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(bad / "model.safetensors"))
+        state.pop("text_projection.weight")
+        save_file(state, str(bad / "model.safetensors"), metadata={"format": "pt"})
+        cfg["scorers"][0]["path"] = str(bad)
+    else:  # the FID feature model
+        cfg["distribution"]["feature_path"] = nope
+    return EvaluationConfig.model_validate(cfg)
+
+
+@pytest.mark.parametrize("what", ["scorer path", "tokenizer", "clip weights", "FID feature model"])
+def test_a_bad_scorer_file_stops_before_any_image_is_generated(
+    weights, tiny_pipeline_dir, tmp_path, monkeypatch, what
+):
+    calls = []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError("a pipeline was loaded before the scorers were checked")
+
+    monkeypatch.setattr(models_mod, "load_pipeline", refuse)
+    monkeypatch.setattr(sampling_mod, "generate_images", refuse)
+    out = tmp_path / "out"
+    with pytest.raises(CheckpointError) as info:
+        evaluate_models({"base": tiny_pipeline_dir}, _with_a_broken_file(weights, tmp_path, what), out)
+    assert "\n" not in str(info.value)
+    assert calls == []
+    assert not list(out.rglob("*.png"))

@@ -59,6 +59,36 @@ def check_model_paths(entries: dict[str, ModelEntry]) -> None:
             raise CheckpointError(f"model {name}: trained weights {entry.trained} do not exist")
 
 
+def check_scorers(cfg: EvaluationConfig) -> None:
+    """Load every configured scorer (and the FID feature model) once, then free it.
+
+    Generation can take hours; a missing, wrong or incomplete scorer file must
+    stop the command before it starts, not after. Loading is the only check that
+    also catches weights of the wrong layout, so each scorer is built for real
+    (on the CPU, so no accelerator memory is held while the images are made).
+    """
+    from spin_diffusion.evaluation import registry
+
+    for scorer_cfg in cfg.scorers:
+        scorer = registry.build_scorer(scorer_cfg, "cpu")
+        del scorer
+    if cfg.distribution is not None:
+        from spin_diffusion.evaluation.distribution import build_feature_extractor
+
+        feature = build_feature_extractor(cfg.distribution, "cpu")
+        del feature
+    gc.collect()
+
+
+def _images_missing(store: EvalStore, names: list[str], prompts: list[str], cfg: EvaluationConfig) -> bool:
+    return any(
+        not store.image_path(name, prompt_id(p), j).is_file()
+        for name in names
+        for p in prompts
+        for j in range(cfg.n_images_per_prompt)
+    )
+
+
 def resolve_prompts(cfg: EvaluationConfig) -> list[str]:
     if isinstance(cfg.prompts, list):
         return list(cfg.prompts)
@@ -345,6 +375,8 @@ def evaluate_models(
     prompts = resolve_prompts(cfg)
     store = EvalStore(Path(out_dir))
     device = resolve_device(cfg.device)
+    if _images_missing(store, names, prompts, cfg):
+        check_scorers(cfg)  # before any generation; a rerun with every image present skips it
     write_json_atomic(store.root / "prompts.json", [{"id": prompt_id(p), "prompt": p} for p in prompts])
 
     for name, entry in entries.items():
