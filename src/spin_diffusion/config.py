@@ -7,18 +7,120 @@ Nothing here imports torch, so config errors answer in about a second.
 
 from __future__ import annotations
 
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from spin_diffusion.errors import ConfigError
 
 Method = Literal["sft", "dpo", "spin"]
 
 
-class Strict(BaseModel):
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping holding the same key twice.
+
+    PyYAML silently keeps the last value, so a second ``beta:`` pasted into a block would
+    overrule the first without a word. Keys brought in by a ``<<`` merge may still be
+    overridden by explicit ones, as YAML intends.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first_line.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if earlier is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first given on line {earlier})",
+                        key_node.start_mark,
+                    )
+                first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text with :class:`UniqueKeyLoader`; any error is one line naming ``source``."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None)
+        if problem and str(problem).startswith("duplicate key"):
+            raise ConfigError(f"{source}:{where}: {problem}") from None
+        detail = f" ({problem})" if problem else ""
+        raise ConfigError(f"{source}:{where} is not valid YAML{detail}") from None
+
+
+def read_yaml_file(path: Path) -> Any:
+    """Read and parse a YAML file; missing, unreadable or non-UTF-8 files are one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+    return parse_yaml(text, str(path))
+
+
+def _is_number_type(annotation: Any) -> bool:
+    """True for ``int``, ``float`` and optionals/unions of them (``bool`` is not a number here)."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_number_type(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+class StrictNumbers(BaseModel):
+    """Refuses booleans for number fields and inf/NaN for float fields.
+
+    Pydantic's lax mode turns ``max_steps: true`` (YAML also reads ``yes``/``on`` as true) into 1,
+    and an infinite learning rate or beta would only surface later as a NaN loss that names no
+    field. Full strict mode is not used because it would refuse ``learning_rate: 2e-5``, which
+    YAML 1.1 reads as a string.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _is_number_type(field.annotation):
+            raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        return value
+
+
+class Strict(StrictNumbers):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
@@ -202,7 +304,7 @@ IDENTITY_KEYS = ("method", "model.pretrained", "model.revision", "model.lora", "
 def _format_error(exc: ValidationError, source: str) -> str:
     err = exc.errors()[0]
     where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    return f"{source}: {where}: {err['msg']}"
+    return f"{source}: {where}: {str(err['msg']).removeprefix('Value error, ')}"
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -213,43 +315,62 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key.strip():
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
+        value = parse_yaml(raw, "") if raw.strip() else ""
+    except ConfigError as exc:
         raise ConfigError(f"override {text!r}: value is not valid YAML") from exc
     return key.strip().split("."), value
 
 
+def _list_index(node: list[Any], part: str, where: str, text: str) -> int:
+    """``part`` as an index into the list at ``where``, or a one-line error saying what fits."""
+    if not part.isdigit():
+        raise ConfigError(
+            f"override {text!r}: {where} is a list; use an index from 0 to {len(node) - 1}, not {part!r}"
+            if node
+            else f"override {text!r}: {where} is an empty list; write its entries in the config file"
+        )
+    index = int(part)
+    if index >= len(node):
+        entries = "1 entry" if len(node) == 1 else f"{len(node)} entries"
+        raise ConfigError(f"override {text!r}: {where} has {entries}, index {index} is out of range")
+    return index
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set key.path=value`` overrides in place; list entries are addressed by index."""
     for text in overrides:
         path, value = parse_override(text)
-        node = raw
-        for part in path[:-1]:
-            if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-                node = node[int(part)]
-                continue
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {text!r}: {part!r} is not a section")
-            node = node.setdefault(part, {})
-        last = path[-1]
-        if isinstance(node, list) and last.isdigit() and int(last) < len(node):
-            node[int(last)] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            raise ConfigError(f"override {text!r}: cannot set {last!r} here")
+        node: Any = raw
+        for depth, part in enumerate(path):
+            where = ".".join(path[:depth]) or "the top level"
+            last = depth == len(path) - 1
+            if isinstance(node, list):
+                index = _list_index(node, part, where, text)
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                elif part not in node and path[depth + 1].isdigit():
+                    raise ConfigError(
+                        f"override {text!r}: {'.'.join(path[: depth + 1])} is not in the config file, "
+                        f"so it has no entry {path[depth + 1]}; write the list in the file"
+                    )
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(
+                    f"override {text!r}: {where} is a value ({node!r}), not a section with {part!r}"
+                )
     return raw
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's top-level mapping (duplicate keys and non-UTF-8 text are refused)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}:{where} is not valid YAML") from exc
+    raw = read_yaml_file(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping of settings at the top level")
     return raw
@@ -263,7 +384,11 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
 
 
 def load_config(path: Path, overrides: list[str] | None = None) -> RunConfig:
-    raw = apply_overrides(read_yaml(path), overrides or [])
+    """Read, override and validate a run config; every problem is one ConfigError line."""
+    raw = read_yaml(path)
+    if "iterations" not in raw and any(o.startswith("iterations.") for o in overrides or []):
+        raw["iterations"] = [{}]  # the default, so --set iterations.0.beta=... works without a list
+    raw = apply_overrides(raw, overrides or [])
     return validate_config(raw, str(path))
 
 

@@ -34,14 +34,9 @@ def _validation_message(exc: Any, prefix: str) -> str:
 
 def _read_yaml(path: Path) -> tuple[dict, bool]:
     """The ``data:`` mapping of a run config and whether the run trains on preference pairs."""
-    import yaml
+    from spin_diffusion.config import read_yaml_file
 
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    doc = read_yaml_file(path)  # duplicate keys and non-UTF-8 text are one-line ConfigErrors
     if not isinstance(doc, dict):
         raise ConfigError(f"{path}: expected a mapping with a 'data:' block")
     if "data" in doc:

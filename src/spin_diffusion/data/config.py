@@ -9,13 +9,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
+
+from spin_diffusion.config import StrictNumbers
 
 SourceKind = Literal["imagefolder", "parquet", "pickapic", "hf_disk", "hf"]
 PromptKind = Literal["text", "partiprompts", "hpsv2", "pickapic"]
 
 
-class DataConfig(BaseModel):
+class DataConfig(StrictNumbers):
     """Where the image-caption pairs come from and how images become model inputs."""
 
     model_config = ConfigDict(extra="forbid")
@@ -94,7 +96,7 @@ class DataConfig(BaseModel):
         return self.min_image_size if self.min_image_size is not None else max(1, self.resolution // 4)
 
 
-class PromptSetConfig(BaseModel):
+class PromptSetConfig(StrictNumbers):
     """An evaluation prompt set read from a local file (or directory for HPSv2)."""
 
     model_config = ConfigDict(extra="forbid")

@@ -10,8 +10,9 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from spin_diffusion.config import StrictNumbers
 from spin_diffusion.data.config import PromptSetConfig
 from spin_diffusion.errors import ConfigError
 
@@ -39,7 +40,7 @@ _ACCEPTS: dict[str, tuple[str, ...]] = {
 _PATH_FIELDS = ("path", "processor_path", "tokenizer_path", "clip_path")
 
 
-class _Strict(BaseModel):
+class _Strict(StrictNumbers):
     model_config = ConfigDict(extra="forbid")
 
 
@@ -245,8 +246,23 @@ def load_job_config(path: Path) -> EvaluateJobConfig:
 
     raw = read_yaml(Path(path))
     try:
-        return EvaluateJobConfig.model_validate(raw)
+        job = EvaluateJobConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ConfigError(f"{path}: {where}: {err['msg']}") from exc
+        raise ConfigError(f"{path}: {where}: {str(err['msg']).removeprefix('Value error, ')}") from exc
+    check_output_dir(Path(job.output_dir), f"{path}: output_dir")
+    return job
+
+
+def check_output_dir(out: Path, what: str) -> None:
+    """Refuse an output directory that is (or lies under) an existing file, before any work.
+
+    Otherwise the job generates nothing and dies in ``mkdir`` with a traceback.
+    """
+    for candidate in (out, *out.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                blocker = "is a file" if candidate == out else f"lies under {candidate}, which is a file"
+                raise ConfigError(f"{what} {out} {blocker}, not a directory")
+            return

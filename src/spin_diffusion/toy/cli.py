@@ -107,15 +107,12 @@ def pretrain(
 
 
 def _load_pretrain_config(path: Path):
-    import yaml
     from pydantic import ValidationError
 
+    from spin_diffusion.config import read_yaml_file
     from spin_diffusion.toy.pretrain import PretrainConfig
 
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise UserError(f"{path}: cannot read pretraining config ({exc.__class__.__name__})") from exc
+    data = read_yaml_file(path) or {}  # JSON is YAML; duplicate keys are refused
     try:
         return PretrainConfig.model_validate(data)
     except ValidationError as exc:
