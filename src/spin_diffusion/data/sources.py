@@ -16,6 +16,7 @@ import glob
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,36 +178,97 @@ def _metadata_file(root: Path, split: str) -> Path:
     )
 
 
-def _metadata_rows(meta: Path) -> Iterator[tuple[int, dict | BadExample]]:
+def _bad_byte(text: str) -> tuple[int, int] | None:
+    """``(byte, index)`` of the first undecodable byte in ``text`` read with ``surrogateescape``."""
     try:
-        fh = open(meta, encoding="utf-8", newline="")  # noqa: SIM115 - closed by the with below
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return ord(text[exc.start]) - 0xDC00, exc.start
+    return None
+
+
+def _not_utf8(byte: int, where: str) -> str:
+    return f"not UTF-8 text (byte 0x{byte:02x} {where}); save the file as UTF-8"
+
+
+# An embedded line that starts like a metadata row ("name.png,..."): a quote left open swallowed it.
+_ROW_LIKE = re.compile(r"^[^,\n]+\.(?:png|jpe?g|webp|bmp|gif|tiff?)\s*,", re.IGNORECASE | re.MULTILINE)
+
+
+def _metadata_rows(meta: Path) -> Iterator[tuple[int, dict | BadExample]]:
+    """``(line, row)`` per metadata row, ``line`` being where the row starts in the file.
+
+    The file is decoded as UTF-8 with an optional byte-order mark (Windows tools write one), and
+    undecodable bytes are kept as surrogates so that only the rows holding them are bad and each
+    is reported on its own line (a decode error of the whole read buffer would name a line far
+    before the real one).
+    """
+    try:
+        fh = open(meta, encoding="utf-8-sig", errors="surrogateescape", newline="")  # noqa: SIM115
     except OSError as exc:
         raise DataError(f"{meta}: cannot read: {exc.strerror}") from None
     with fh:
         if meta.suffix == ".csv":
-            reader = csv.DictReader(fh)
-            try:
-                for row in reader:
-                    yield reader.line_num, {k: v for k, v in row.items() if k is not None}
-            except (csv.Error, UnicodeDecodeError) as exc:
-                raise DataError(f"{meta}: line {reader.line_num}: malformed CSV ({exc})") from None
+            yield from _csv_rows(meta, fh)
             return
-        lineno = 0
-        try:
-            for lineno, line in enumerate(fh, start=1):  # noqa: B007 - lineno used after the loop
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield lineno, BadExample(BAD_METADATA, f"{meta}:{lineno}", f"not valid JSON ({exc.msg})")
-                    continue
-                if not isinstance(row, dict):
-                    yield lineno, BadExample(BAD_METADATA, f"{meta}:{lineno}", "line is not a JSON object")
-                    continue
-                yield lineno, row
-        except UnicodeDecodeError:
-            raise DataError(f"{meta}: line {lineno + 1}: not UTF-8 text") from None
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            bad = _bad_byte(line)
+            if bad is not None:
+                problem = _not_utf8(bad[0], f"at column {bad[1] + 1}")
+                yield lineno, BadExample(BAD_METADATA, f"{meta}:{lineno}", problem)
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                yield lineno, BadExample(BAD_METADATA, f"{meta}:{lineno}", f"not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(row, dict):
+                yield lineno, BadExample(BAD_METADATA, f"{meta}:{lineno}", "line is not a JSON object")
+                continue
+            yield lineno, row
+
+
+def _csv_rows(meta: Path, fh: Iterable[str]) -> Iterator[tuple[int, dict | BadExample]]:
+    """Rows of a ``metadata.csv`` read in strict mode, so a quote left open is an error, not rows
+    silently merged into one caption (the lenient reader runs it to the end of the file)."""
+    reader = csv.reader(fh, strict=True)
+    start = 1
+    header: list[str] | None = None
+    try:
+        for values in reader:
+            first, start = start, reader.line_num + 1  # this row's first line; the next row's
+            if not values:
+                continue
+            bad = next(((i, b) for i, v in enumerate(values) if (b := _bad_byte(v))), None)
+            if header is None:
+                if bad is not None:
+                    raise DataError(f"{meta}: line {first}: header is {_not_utf8(bad[1][0], 'in it')}")
+                header = values
+                continue
+            where = f"{meta}:{first}"
+            if bad is not None:
+                column = header[bad[0]] if bad[0] < len(header) else f"#{bad[0] + 1}"
+                yield first, BadExample(BAD_METADATA, where, _not_utf8(bad[1][0], f"in column {column!r}"))
+                continue
+            if reader.line_num > first and any(_ROW_LIKE.search(v) for v in values if "\n" in v):
+                detail = (
+                    f"a quoted field runs over lines {first}-{reader.line_num} and holds what look like "
+                    "more rows: an unclosed quote?"
+                )
+                yield first, BadExample(BAD_METADATA, where, detail)
+                continue
+            yield first, {h: values[i] if i < len(values) else None for i, h in enumerate(header)}
+    except csv.Error as exc:
+        hint = (
+            "a quote opened in this row is never closed"
+            if "end of data" in str(exc)
+            else "look for an unclosed or stray quote"
+        )
+        raise DataError(
+            f"{meta}: line {start}: malformed CSV in the row starting here ({exc}); {hint}"
+        ) from None
 
 
 def _imagefolder_records(cfg: DataConfig) -> Iterator[Record]:
