@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from spin_diffusion.errors import CheckpointError
+from spin_diffusion.errors import CheckpointError, ConfigError
 from spin_diffusion.models import (
     LoraSettings,
     adapters_disabled,
     add_lora,
+    check_lora_targets,
     check_same_architecture,
     fingerprint_module,
     frozen_copy,
@@ -208,3 +209,17 @@ def test_word_tokenizer_gives_one_token_per_word_even_when_words_overlap() -> No
         assert len(tok(w, add_special_tokens=False).input_ids) == 1, w
     ids = tok("a purple triangle and an orange cross").input_ids
     assert len(ids) == 2 + 7
+
+
+def test_lora_targets_that_match_no_layer_are_refused_before_peft(tiny_pipeline_dir: Path) -> None:
+    unet = load_pipeline(tiny_pipeline_dir).unet
+    check_lora_targets(unet, ["to_q", "to_k", "to_v", "to_out.0"])  # the defaults fit
+    check_lora_targets(unet, ["attn1.to_q", "proj_in", "conv1"])  # longer suffixes and conv layers
+    # "to_qq" is a typo, "attn1" is an attention block (not a layer peft can wrap)
+    with pytest.raises(ConfigError, match=r"model\.lora\.target_modules: to_qq, attn1 match no") as info:
+        check_lora_targets(unet, ["to_q", "to_qq", "attn1"])
+    assert "\n" not in str(info.value) and "to_q," not in str(info.value).split("match no")[0]
+    with pytest.raises(ConfigError, match="model.lora.target_modules"):
+        add_lora(unet, LoraSettings(rank=2, target_modules=("query", "key")))
+    assert not getattr(unet, "peft_config", None)  # refused before anything was attached
+    assert not any(p.requires_grad is False for p in unet.parameters())

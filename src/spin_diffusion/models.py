@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.atomic import atomic_directory
-from spin_diffusion.errors import CheckpointError
+from spin_diffusion.errors import CheckpointError, ConfigError
 from spin_diffusion.objectives import denoising_error
 
 if TYPE_CHECKING:
@@ -175,10 +175,44 @@ class LoraSettings:
     target_modules: Sequence[str] = DEFAULT_LORA_TARGETS
 
 
+# Layer types peft can wrap with a LoRA (what a target module name must point at).
+_LORA_LAYER_TYPES = ("Linear", "Conv1d", "Conv2d", "Conv3d", "Embedding")
+
+
+def _layer_suffix(name: str) -> str:
+    """``...attn1.to_q`` -> ``to_q``; ``...attn1.to_out.0`` -> ``to_out.0`` (how configs name layers)."""
+    parts = name.split(".")
+    return ".".join(parts[-2:]) if parts[-1].isdigit() and len(parts) > 1 else parts[-1]
+
+
+def check_lora_targets(unet: torch.nn.Module, target_modules: Sequence[str]) -> None:
+    """Refuse LoRA target names that match no adaptable layer, before any work is done.
+
+    peft matches a name against the end of each module path (``to_q`` matches
+    ``...attn1.to_q``); a name that matches nothing, or only blocks peft cannot
+    wrap, otherwise surfaces as a peft traceback after the model and data were loaded.
+    """
+    import torch
+
+    layer_types = tuple(getattr(torch.nn, t) for t in _LORA_LAYER_TYPES)
+    targets = list(target_modules)
+    if not targets:
+        raise ConfigError("model.lora.target_modules is empty; name at least one layer, e.g. to_q")
+    layers = [n for n, m in unet.named_modules() if n and isinstance(m, layer_types)]
+    unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in layers)]
+    if unmatched:
+        suffixes = sorted({_layer_suffix(n) for n in layers})
+        raise ConfigError(
+            f"model.lora.target_modules: {', '.join(unmatched)} match no Linear or Conv layer of this UNet "
+            f"(layer names here include {', '.join(suffixes[:8])})"
+        )
+
+
 def add_lora(unet: UNet2DConditionModel, settings: LoraSettings) -> None:
     """Freeze the base weights and attach a trainable peft LoRA adapter to the UNet."""
     from peft import LoraConfig
 
+    check_lora_targets(unet, settings.target_modules)
     unet.requires_grad_(False)
     unet.add_adapter(
         LoraConfig(
@@ -228,22 +262,126 @@ def lora_state_dict(unet: UNet2DConditionModel) -> dict[str, torch.Tensor]:
     return convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
 
 
-def save_trained_unet(unet: UNet2DConditionModel, out_dir: Path) -> Path:
-    """Write what diffusers loads: ``out_dir/unet/`` (full) or ``out_dir/pytorch_lora_weights.safetensors``.
+# Safetensors metadata of the LoRA files we write: every one is relative to the base model theta_0.
+LORA_KIND_KEY = "spin_diffusion.lora"
+LORA_KIND = "relative-to-base"
+LORA_ITERATIONS_KEY = "spin_diffusion.iterations"
 
-    The directory appears only when complete (written under a temporary name).
+
+def lora_layers(unet: torch.nn.Module) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Each adapted layer's ``(A, scale * B)``: the change it adds is ``(scale * B) @ A``.
+
+    The scale alpha/r is folded into B because diffusers loads a LoRA file
+    without alphas at scale 1; with alpha != r the file would otherwise load wrong.
     """
-    from diffusers import StableDiffusionPipeline
+    from peft.tuners.lora import LoraLayer
 
+    out: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, module in unet.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for adapter in module.active_adapters:
+            if adapter in module.lora_A:
+                a = module.lora_A[adapter].weight.detach()
+                b = module.lora_B[adapter].weight.detach() * module.scaling[adapter]
+                out[name] = (a.clone(), b.clone())
+    return out
+
+
+def _read_lora_file(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], dict[str, str]]:
+    """The layers of a LoRA file we wrote (diffusers key layout) and its metadata."""
+    from safetensors import safe_open
+
+    down, up = ".lora.down.weight", ".lora.up.weight"
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
+    layers = {}
+    for key, a in tensors.items():
+        if key.startswith("unet.") and key.endswith(down):
+            name = key[len("unet.") : -len(down)]
+            b = tensors.get(f"unet.{name}{up}")
+            if b is None:
+                raise CheckpointError(f"LoRA file {path} has {key} but no matching {up[1:]}")
+            layers[name] = (a, b)
+    return layers, meta
+
+
+def _write_lora_file(
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, iterations: int
+) -> None:
+    """A ``pytorch_lora_weights.safetensors`` that ``pipe.load_lora_weights(dir)`` applies at scale 1."""
+    from safetensors.torch import save_file
+
+    tensors = {}
+    for name, (a, b) in sorted(layers.items()):
+        tensors[f"unet.{name}.lora.down.weight"] = a.contiguous()
+        tensors[f"unet.{name}.lora.up.weight"] = b.contiguous()
+    meta = {"format": "pt", LORA_KIND_KEY: LORA_KIND, LORA_ITERATIONS_KEY: str(iterations)}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _stack_loras(
+    first: dict[str, tuple[torch.Tensor, torch.Tensor]], second: dict[str, tuple[torch.Tensor, torch.Tensor]]
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """One LoRA whose change is the sum of both: ranks concatenated (A stacked, B side by side)."""
+    import torch
+
+    out = dict(first)
+    for name, (a2, b2) in second.items():
+        if name in out:
+            a1, b1 = out[name]
+            out[name] = (torch.cat([a1.to(a2.dtype), a2], dim=0), torch.cat([b1.to(b2.dtype), b2], dim=1))
+        else:
+            out[name] = (a2, b2)
+    return out
+
+
+def save_trained_unet(
+    unet: UNet2DConditionModel, out_dir: Path, previous: str | os.PathLike[str] | None = None
+) -> Path:
+    """Write an ``iter-k/model`` directory that plain diffusers loads as theta_k, whichever way.
+
+    Full fine-tune: ``unet/``. LoRA: ``pytorch_lora_weights.safetensors``, always
+    relative to the base model. ``previous`` is the ``model/`` directory of
+    iteration k-1 when this LoRA was trained on top of it (k > 1): then the LoRA
+    file holds every iteration's change so far (ranks concatenated, so
+    ``load_lora_weights`` on the base gives theta_k) and ``unet/`` holds the
+    merged theta_k. A previous LoRA file of unknown origin is never stacked on:
+    only ``unet/`` is written then. The directory appears only when complete.
+    """
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
-        if has_lora(unet):
-            StableDiffusionPipeline.save_lora_weights(
-                str(tmp), unet_lora_layers=lora_state_dict(unet), weight_name=LORA_WEIGHT_NAME
-            )
-        else:
+        if not has_lora(unet):
             unet.save_pretrained(str(tmp / "unet"), safe_serialization=True)
+        else:
+            _save_lora_iteration(unet, tmp, out_dir, previous)
     return out_dir
+
+
+def _save_lora_iteration(
+    unet: UNet2DConditionModel, tmp: Path, out_dir: Path, previous: str | os.PathLike[str] | None
+) -> None:
+    """The LoRA half of :func:`save_trained_unet`, written into the temporary directory ``tmp``."""
+    import logging
+
+    layers, iterations = lora_layers(unet), 1
+    if previous is not None:
+        merge_lora(copy.deepcopy(unet)).save_pretrained(str(tmp / "unet"), safe_serialization=True)
+        prev_file = Path(previous) / LORA_WEIGHT_NAME
+        prev_layers, meta = _read_lora_file(prev_file) if prev_file.is_file() else ({}, {})
+        if meta.get(LORA_KIND_KEY) == LORA_KIND:
+            layers = _stack_loras(prev_layers, layers)
+            iterations = int(meta.get(LORA_ITERATIONS_KEY, "1")) + 1
+        else:  # e.g. a delta-only file of an older version: stacking on it would be wrong
+            logging.getLogger(__name__).warning(
+                "%s holds no LoRA relative to the base model (older run?): %s gets only unet/",
+                Path(previous),
+                out_dir,
+            )
+            layers = {}
+    if layers:
+        _write_lora_file(layers, tmp / LORA_WEIGHT_NAME, iterations)
 
 
 def save_full_pipeline(pipe: DiffusionPipeline, unet: UNet2DConditionModel, out_dir: Path) -> Path:

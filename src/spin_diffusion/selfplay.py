@@ -370,10 +370,9 @@ def _run_iteration(
     trained = accelerator.unwrap_model(trainer.unet)
     model_dir = iter_dir / "model"
     if accelerator.is_main_process:
-        save_trained_unet(trained, model_dir)
-        if lora.enabled and k > 1:
-            # theta_k = theta_{k-1} + this LoRA: also store the merged UNet so diffusers loads theta_k alone.
-            merged_copy(trained).save_pretrained(str(model_dir / "unet"), safe_serialization=True)
+        # a LoRA on theta_{k-1} (k > 1) is saved stacked on iteration k-1's, so it is relative to the base
+        previous = iter_dir.parent / f"iter-{k - 1}" / "model" if lora.enabled and k > 1 else None
+        save_trained_unet(trained, model_dir, previous=previous)
         write_summary(iter_dir, result, {"iteration": k})
     accelerator.wait_for_everyone()
     next_opponent = merged_copy(trained)
