@@ -285,3 +285,45 @@ def test_evaluate_command_with_file_output_dir_is_one_line(tmp_path: Path, capsy
     assert main(["evaluate", str(_eval_job(tmp_path, blocker))]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"error: {tmp_path / 'eval.yaml'}: output_dir {blocker} is a file, not a directory"]
+
+
+# --- the shipped paper configs say what they do ---------------------------------------------------
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_paper_evaluation_uses_the_papers_seed() -> None:
+    from spin_diffusion.evaluation.config import load_job_config
+
+    assert load_job_config(REPO / "configs" / "evaluate-paper.yaml").evaluation.seed == 5775709
+
+
+def test_dpo_config_states_its_beta_convention() -> None:
+    path = REPO / "configs" / "sd15-dpo.yaml"
+    text = path.read_text()
+    assert load_config(path).training_for(1).beta == 2500
+    assert "no factor 1/2" in text and "beta_dpo=5000" in text  # the official code's value
+    assert "beta 2000" in text and "A.1" in text  # the SPIN paper's own DPO reproduction
+
+
+def test_spin_config_comment_matches_the_warmup_schedule() -> None:
+    """sd15-spin.yaml says what warm-up does when it is as long as or longer than an iteration."""
+    from spin_diffusion.training import lr_factor
+
+    path = REPO / "configs" / "sd15-spin.yaml"
+    cfg, text = load_config(path), path.read_text()
+    rates = {}
+    for k in (1, 2, 3):
+        t = cfg.training_for(k)
+        rates[k] = [t.learning_rate * lr_factor(step, t) for step in range(t.max_steps)]
+    assert rates[1][0] == pytest.approx(1e-7) and rates[1][-1] == pytest.approx(5e-6)  # a quarter
+    assert max(rates[1]) == rates[1][-1]  # iteration 1 never decays
+    assert rates[2][199] == pytest.approx(2e-5) and rates[2][-1] < rates[2][300] < rates[2][199]
+    assert rates[3][-1] == pytest.approx(5e-8) and max(rates[3]) == rates[3][-1]  # no decay
+    assert "climbs from 1e-7 to 5e-6" in text and "reaches 5e-8 at the very last update" in text
+
+
+def test_data_docs_do_not_claim_the_paper_sets_caption_dropout() -> None:
+    text = (REPO / "docs" / "data.md").read_text()
+    assert "keeps the paper's setting" not in text
+    assert "proportion_empty_prompts=0.2" in text
