@@ -410,7 +410,11 @@ def merge_lora(unet: UNet2DConditionModel) -> UNet2DConditionModel:
 def load_trained_into(pipe: DiffusionPipeline, model_dir: str | os.PathLike[str]) -> None:
     """Apply fine-tuned weights to ``pipe``: an ``iter-k/model`` directory written by
     :func:`save_trained_unet` (``unet/`` or a LoRA), a UNet directory, a full
-    pipeline directory, or a LoRA ``.safetensors`` file."""
+    pipeline directory, or a LoRA ``.safetensors`` file.
+
+    ``unet/`` wins when a directory has both (LoRA runs from iteration 2 on); a
+    LoRA file is applied to ``pipe`` as it is, so ``pipe`` must be the base model.
+    """
     model_dir = Path(model_dir)
     if not model_dir.exists():
         raise CheckpointError(f"fine-tuned weights {model_dir} do not exist")
