@@ -83,7 +83,8 @@ def test_one_warning_with_the_counts_and_an_example(grammar_prompts, caplog):
     message = records[0].getMessage()
     assert records[0].name == "test_tokens" and "\n" not in message
     assert "2 of 23 captions" in message and FOREIGN in message and "seven" in message
-    assert "1 of 23 captions are longer than the text encoder's 30 tokens" in message
+    limit = toy_tokenizer.model_max_length - 2
+    assert f"1 of 23 captions are longer than the text encoder's {limit} tokens" in message
 
 
 def test_no_warning_when_every_caption_is_readable(toy_tokenizer, grammar_prompts, caplog):
