@@ -201,10 +201,10 @@ def check_lora_targets(unet: torch.nn.Module, target_modules: Sequence[str]) -> 
     layers = [n for n, m in unet.named_modules() if n and isinstance(m, layer_types)]
     unmatched = [t for t in targets if not any(n == t or n.endswith(f".{t}") for n in layers)]
     if unmatched:
-        suffixes = sorted({_layer_suffix(n) for n in layers})
+        suffixes = list(dict.fromkeys(_layer_suffix(n) for n in layers))  # in network order
         raise ConfigError(
             f"model.lora.target_modules: {', '.join(unmatched)} match no Linear or Conv layer of this UNet "
-            f"(layer names here include {', '.join(suffixes[:8])})"
+            f"(layer names here include {', '.join(suffixes[:12])})"
         )
 
 
