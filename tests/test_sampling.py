@@ -125,3 +125,38 @@ def test_two_ranks_split_shards_and_give_identical_results(pipe, tmp_path: Path)
     both = sampling.OpponentSamples(out)
     for pid in ids:
         torch.testing.assert_close(both.latents(pid), single.latents(pid), atol=1e-3, rtol=1e-3)
+
+
+def test_reencoded_samples_are_what_the_real_data_encoder_gives_for_the_saved_image(pipe, tmp_path: Path) -> None:
+    """latents=reencoded stores exactly the latent the real-data path would make from the sample's PNG."""
+    from PIL import Image
+
+    from spin_diffusion.data.latents import encode_pixels
+    from spin_diffusion.data.transforms import to_tensor
+    from spin_diffusion.sampling import decode_latents, reencode_latents
+
+    ids = [f"p{i}" for i in range(3)]
+    common = dict(num_inference_steps=3, guidance_scale=2.0, batch_size=2, num_previews=0)
+    raw = sample_opponent(
+        pipe, ids, PROMPTS[:3], SamplingConfig(latents="raw", **common), tmp_path / "raw",
+        seed=1, model_fingerprint="m",
+    )  # fmt: skip
+    enc = sample_opponent(
+        pipe, ids, PROMPTS[:3], SamplingConfig(latents="reencoded", **common), tmp_path / "enc",
+        seed=1, model_fingerprint="m",
+    )  # fmt: skip
+    z_raw = torch.stack([raw.latents(i)[0].float() for i in ids])
+    z_enc = torch.stack([enc.latents(i)[0].float() for i in ids])
+    reencoded = reencode_latents(pipe, z_raw)
+    for k, image in enumerate(decode_latents(pipe, z_raw)):
+        image.save(tmp_path / f"{k}.png")
+        real_path = encode_pixels(pipe.vae, to_tensor(Image.open(tmp_path / f"{k}.png").convert("RGB"))[None])
+        torch.testing.assert_close(reencoded[k], real_path[0], atol=1e-5, rtol=0)
+    # stored samples: the same, up to fp16 storage of the raw latent before decoding
+    torch.testing.assert_close(z_enc, reencoded, atol=1e-2, rtol=0)
+    assert (z_enc - z_raw).abs().max() > 5e-2  # the two settings really differ
+    with pytest.raises(CheckpointError, match="sampler"):  # the setting is part of the samples' identity
+        sample_opponent(
+            pipe, ids, PROMPTS[:3], SamplingConfig(latents="raw", **common), tmp_path / "enc",
+            seed=1, model_fingerprint="m",
+        )  # fmt: skip

@@ -164,6 +164,11 @@ class SamplingConfig(Strict):
     shard_size: int = Field(256, ge=1, description="prompts per latent shard: the unit of resume")
     num_previews: int = Field(16, ge=0, description="samples decoded into previews.png")
     compile: bool = Field(False, description="torch.compile the UNet for sampling")
+    latents: Literal["reencoded", "raw"] = Field(
+        "reencoded",
+        description="reencoded: decode each sample to an 8-bit image and encode it like a real one "
+        "(same space as the real latents); raw: the sampler's final latent (one VAE pass cheaper)",
+    )
 
 
 class TrainingConfig(Strict):
@@ -199,6 +204,12 @@ class TrainingConfig(Strict):
     checkpointing_steps: int = Field(50, ge=1, description="save a resumable checkpoint every N steps")
     checkpoints_total_limit: int | None = Field(
         2, ge=1, description="keep at most N checkpoints; null keeps all"
+    )
+    save_model_every: int | None = Field(
+        None,
+        ge=1,
+        description="also save a diffusers-format model to iter-k/snapshots/step-N every N steps "
+        "(for learning curves); null: only the final model",
     )
     keep_checkpoints: bool = Field(
         False, description="keep iter-k/checkpoints after the iteration's model is saved (they are large)"

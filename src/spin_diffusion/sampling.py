@@ -3,8 +3,9 @@
 Each sample's starting noise comes from its own seed, derived from (run seed,
 prompt id, sample index), so the same prompt gives the same latents whatever
 the batch size, the shard layout or the number of processes. The opponent's
-samples are stored as latents (never round-tripped through pixels) in
-safetensors shards; a shard is the unit of resume.
+samples are stored as latents in safetensors shards (by default re-encoded
+through an 8-bit image, so they live where the real latents live); a shard is
+the unit of resume.
 """
 
 from __future__ import annotations
@@ -123,6 +124,32 @@ def decode_latents(pipe: DiffusionPipeline, latents: torch.Tensor, batch_size: i
             x = vae.decode(z / vae.config.scaling_factor + shift).sample
             images.extend(pipe.image_processor.postprocess(x.float(), output_type="pil"))
     return images
+
+
+def reencode_latents(pipe: DiffusionPipeline, latents: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Decode -> 8-bit image -> encode, with the encoder call that made the real latents.
+
+    A sampler's final latent is not what the encoder returns for the image it
+    decodes to (on the toy world the VAE round-trip error is ~10x that of an
+    encoded real image), so comparing raw samples with encoded real images
+    lets the discriminator win on latent statistics the decoder never shows.
+    The 8-bit quantisation is the one ``image_processor.postprocess`` applies
+    when a sample is saved as an image file.
+    """
+    import torch
+
+    from spin_diffusion.data.latents import encode_pixels, latent_scaling
+
+    vae = pipe.vae
+    scale, shift = latent_scaling(vae)
+    out = []
+    with torch.inference_mode():
+        for start in range(0, len(latents), batch_size):
+            z = latents[start : start + batch_size].to(vae.device, vae.dtype)
+            x = vae.decode(z / scale + (shift or 0.0)).sample.float()
+            pixels = ((x / 2 + 0.5).clamp(0, 1) * 255).round() / 127.5 - 1.0
+            out.append(encode_pixels(vae, pixels))
+    return torch.cat(out) if out else latents.float()
 
 
 def generate_images(
@@ -275,6 +302,8 @@ def sample_opponent(
                 batch_size=settings.batch_size,
                 progress=bar,
             )
+            if settings.latents == "reencoded":
+                lat = reencode_latents(pipe, lat, settings.batch_size)
             lat = lat.reshape(len(shard_ids), n, *lat.shape[1:]).to(torch.float16).contiguous()
             with atomic_file(out_dir / _shard_name(i)) as tmp:
                 save_file({"latents": lat}, str(tmp), metadata={"ids": json.dumps(shard_ids)})

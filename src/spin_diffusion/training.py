@@ -479,6 +479,16 @@ class Trainer:
         self.acc.wait_for_everyone()
         return final
 
+    def save_snapshot(self) -> Path:
+        """The model at this step in the layout of ``iter-k/model`` (loadable by diffusers and evaluate)."""
+        from spin_diffusion.models import save_trained_unet
+
+        path = self.out_dir / "snapshots" / f"step-{self.step}"
+        if self.acc.is_main_process:
+            save_trained_unet(self.acc.unwrap_model(self.unet), path)
+        self.acc.wait_for_everyone()
+        return path
+
     def maybe_resume(self) -> int | None:
         found = list_checkpoints(self.ckpt_root)
         if not found:
@@ -588,6 +598,8 @@ class Trainer:
                 if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
                     self.acc.log({self.log_prefix + k: v for k, v in metrics.items()}, step=self.step)
                     self._append_log(metrics)
+                if self.cfg.save_model_every and self.step % self.cfg.save_model_every == 0:
+                    self.save_snapshot()
                 interrupted = self._any_process_flag(stop.signal is not None)
                 if interrupted or self.step % self.cfg.checkpointing_steps == 0:
                     path = self.save_checkpoint()
