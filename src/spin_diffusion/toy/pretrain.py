@@ -56,6 +56,11 @@ class PretrainConfig(BaseModel):
     snapshot_every: int = Field(
         0, ge=0, description="also save <out_dir>.step-N every N UNet steps (0: never)"
     )
+    vae_from: str | None = Field(
+        None,
+        description="reuse the (frozen, already refined) VAE of this pipeline directory: stages 1 and 3 "
+        "are skipped, so the latent space is unchanged and only the UNet and text encoder are retrained",
+    )
 
 
 def _images_to_tensor(images) -> torch.Tensor:
@@ -275,24 +280,55 @@ def pretrain(
     gen = torch.Generator().manual_seed(cfg.seed)
     # The autoencoder sees both kinds of toy image (as SD's VAE saw general photos), so curated
     # images, the fine-tuning target, reconstruct well; the denoiser sees web data only.
-    curated = generate_pairs(cfg.vae_curated_images, cfg.seed, "curated", cfg.image_size)
-    vae_pixels = torch.cat([pixels, _images_to_tensor([im for _, im in curated])]) if curated else pixels
-    train_vae(pipe.vae, vae_pixels, cfg, gen, log)
-    mean, std = encode_latents(pipe.vae, pixels)
-    sample_std = (mean + std * torch.randn(mean.shape, generator=gen)).std().item()
-    pipe.vae.register_to_config(scaling_factor=round(1.0 / sample_std, 5))
-    log({"stage": "vae_done", "latent_std": sample_std, "recon_fidelity": vae_recon_fidelity(pipe.vae, cfg), "scaling_factor": pipe.vae.config.scaling_factor,
-         "seconds": round(time.time() - start, 1)})  # fmt: skip
+    if cfg.vae_from is not None:
+        pipe.vae = load_frozen_vae(Path(cfg.vae_from), pipe.vae.config)
+        mean, std = encode_latents(pipe.vae, pixels)
+        log({"stage": "vae_reused", "from": cfg.vae_from, "scaling_factor": pipe.vae.config.scaling_factor})
+    else:
+        curated = generate_pairs(cfg.vae_curated_images, cfg.seed, "curated", cfg.image_size)
+        vae_pixels = torch.cat([pixels, _images_to_tensor([im for _, im in curated])]) if curated else pixels
+        train_vae(pipe.vae, vae_pixels, cfg, gen, log)
+        mean, std = encode_latents(pipe.vae, pixels)
+        sample_std = (mean + std * torch.randn(mean.shape, generator=gen)).std().item()
+        pipe.vae.register_to_config(scaling_factor=round(1.0 / sample_std, 5))
+        log({"stage": "vae_done", "latent_std": sample_std, "recon_fidelity": vae_recon_fidelity(pipe.vae, cfg), "scaling_factor": pipe.vae.config.scaling_factor,
+             "seconds": round(time.time() - start, 1)})  # fmt: skip
 
     def snapshot(step: int) -> None:
         save_pipeline(pipe, f"{out_dir}.step-{step}", {"config": cfg.model_dump(), "unet_step": step})
         log({"stage": "snapshot", "step": step})
 
     train_denoiser(pipe, (mean, std), captions, cfg, gen, log, snapshot)
-    refine_decoder(pipe.vae, cfg, log)
+    if cfg.vae_from is None:
+        refine_decoder(pipe.vae, cfg, log)
     save_pipeline(pipe, out_dir, {"config": cfg.model_dump(), "seconds": round(time.time() - start, 1)})
     log({"stage": "done", "seconds": round(time.time() - start, 1), "out_dir": str(out_dir)})
     return pipe
+
+
+def load_frozen_vae(pipeline_dir: Path, expected: dict):
+    """The ``vae/`` of an earlier toy pipeline; refused unless its architecture matches this config."""
+    from diffusers import AutoencoderKL
+
+    from spin_diffusion.errors import UserError
+
+    vae_dir = pipeline_dir / "vae"
+    if not (vae_dir / "config.json").is_file():
+        raise UserError(f"vae_from: {vae_dir} has no config.json (not a diffusers pipeline directory)")
+    vae = AutoencoderKL.from_pretrained(vae_dir)
+    keys = ("block_out_channels", "latent_channels", "sample_size")
+    mismatch = [k for k in keys if tuple(_as_tuple(vae.config[k])) != tuple(_as_tuple(expected[k]))]
+    if mismatch:
+        raise UserError(
+            f"vae_from: {vae_dir} has a different {', '.join(mismatch)} than this pretraining config"
+        )
+    vae.requires_grad_(False)
+    vae.eval()
+    return vae
+
+
+def _as_tuple(value) -> tuple:
+    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
 
 
 def save_pipeline(pipe, out_dir: str | os.PathLike[str], summary: dict) -> Path:
