@@ -1,4 +1,4 @@
-"""`spin-diffusion demo --quick`: the shipped base, two self-play iterations, the oracle table."""
+"""`spin-diffusion demo --quick`: base, SFT, DPO and SPIN iterations from the shipped base, the oracle table."""
 
 from __future__ import annotations
 
@@ -8,13 +8,15 @@ from spin_diffusion.cli import main
 
 
 def test_quick_demo_prints_the_table(tmp_path: Path, capsys) -> None:
-    assert main(["demo", "--quick", "--output-dir", str(tmp_path)]) == 0
+    assert main(["demo", "--quick", "--iterations", "2", "--output-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     table = (tmp_path / "demo-quick" / "demo_table.md").read_text()
     assert table in out
     rows = {line.split("|")[1].strip(): line.split("|")[2:-1] for line in table.splitlines()[2:]}
-    assert list(rows) == ["curated data", "base", "iter-1", "iter-2"]
-    curated, base = float(rows["curated data"][0]), float(rows["base"][0])
+    assert list(rows) == ["curated data", "base", "sft-best", "dpo", "spin-1", "spin-2"]
+    curated, base = float(rows["curated data"][1]), float(rows["base"][1])
     assert curated > 0.95 and base < curated - 0.3  # the base is clearly below the data it will learn from
-    assert rows["iter-2"][-1].strip().endswith("%")  # win rate against the base
-    assert (tmp_path / "demo-quick" / "eval" / "grid.png").is_file()
+    assert rows["spin-2"][-3].strip().endswith("%")  # win rate against the base
+    assert rows["spin-2"][-1].strip().endswith("%")  # and against DPO
+    assert (tmp_path / "demo-quick" / "seed-0" / "eval" / "grid.png").is_file()
+    assert (tmp_path / "demo-quick" / "plots" / "curves.png").is_file()

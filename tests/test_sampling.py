@@ -127,7 +127,9 @@ def test_two_ranks_split_shards_and_give_identical_results(pipe, tmp_path: Path)
         torch.testing.assert_close(both.latents(pid), single.latents(pid), atol=1e-3, rtol=1e-3)
 
 
-def test_reencoded_samples_are_what_the_real_data_encoder_gives_for_the_saved_image(pipe, tmp_path: Path) -> None:
+def test_reencoded_samples_are_what_the_real_data_encoder_gives_for_the_saved_image(
+    pipe, tmp_path: Path
+) -> None:
     """latents=reencoded stores exactly the latent the real-data path would make from the sample's PNG."""
     from PIL import Image
 

@@ -53,7 +53,7 @@ def show_config(config: ConfigArg, set_: SetOpt = None) -> None:
 @app.command()
 def demo(
     output_dir: Annotated[Path, typer.Option(help="where the run directory goes")] = Path("runs"),
-    iterations: Annotated[int, typer.Option(min=1, help="self-play iterations")] = 2,
+    iterations: Annotated[int, typer.Option(min=1, help="self-play iterations")] = 3,
     quick: Annotated[bool, typer.Option(help="a much smaller run, for smoke tests")] = False,
 ) -> None:
     """Self-play fine-tune the shipped toy model and print the table of results."""

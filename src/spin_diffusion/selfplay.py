@@ -350,6 +350,8 @@ def _run_iteration(
             )
         )
 
+    # a LoRA on theta_{k-1} (k > 1) is saved stacked on iteration k-1's, so it is relative to the base
+    previous = iter_dir.parent / f"iter-{k - 1}" / "model" if lora.enabled and k > 1 else None
     trainer = Trainer(
         method=cfg.method,
         cfg=train_cfg,
@@ -365,13 +367,12 @@ def _run_iteration(
         caption_dropout=caption_dropout,
         show_progress=show_progress,
         log_prefix=f"iter{k}/",  # steps restart each iteration: keep the curves apart
+        previous_model=previous,
     )
     result = trainer.train()
     trained = accelerator.unwrap_model(trainer.unet)
     model_dir = iter_dir / "model"
     if accelerator.is_main_process:
-        # a LoRA on theta_{k-1} (k > 1) is saved stacked on iteration k-1's, so it is relative to the base
-        previous = iter_dir.parent / f"iter-{k - 1}" / "model" if lora.enabled and k > 1 else None
         save_trained_unet(trained, model_dir, previous=previous)
         write_summary(iter_dir, result, {"iteration": k})
     accelerator.wait_for_everyone()

@@ -407,6 +407,7 @@ class Trainer:
         caption_dropout: float = 0.0,
         show_progress: bool = True,
         log_prefix: str = "",
+        previous_model: Path | None = None,
     ):
         self.method = method
         self.cfg = cfg
@@ -423,6 +424,7 @@ class Trainer:
         self.caption_dropout = caption_dropout
         self.show_progress = show_progress
         self.log_prefix = log_prefix
+        self.previous_model = previous_model  # iteration k-1's model/ when a LoRA trains on top of it
         self.step = 0
         self.micro_step = 0
         self._setup()
@@ -485,7 +487,7 @@ class Trainer:
 
         path = self.out_dir / "snapshots" / f"step-{self.step}"
         if self.acc.is_main_process:
-            save_trained_unet(self.acc.unwrap_model(self.unet), path)
+            save_trained_unet(self.acc.unwrap_model(self.unet), path, previous=self.previous_model)
         self.acc.wait_for_everyone()
         return path
 

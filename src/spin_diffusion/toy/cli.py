@@ -40,11 +40,15 @@ def preferences(
     n: Annotated[int, typer.Option(min=1, help="number of rows (about 10% are ties)")] = 1000,
     seed: Annotated[int, typer.Option(help="data seed")] = 0,
     size: Annotated[int, typer.Option(min=16, help="image side in pixels")] = 32,
+    matched: Annotated[
+        bool,
+        typer.Option(help="the prompts and winner images of `toy dataset --n N --seed S` (no ties)"),
+    ] = False,
 ) -> None:
     """Write toy preference pairs (curated winner vs web-rendered loser) for the DPO baseline."""
     from spin_diffusion.toy.preferences import write_preference_parquet
 
-    out = write_preference_parquet(out_file, n, seed, size)
+    out = write_preference_parquet(out_file, n, seed, size, matched=matched)
     typer.echo(f"wrote {n} preference rows to {out}")
 
 
@@ -90,6 +94,9 @@ def pretrain(
     unet_steps: Annotated[int, typer.Option(min=1)] = 2500,
     unet_batch_size: Annotated[int, typer.Option(min=1)] = 16,
     snapshot_every: Annotated[int, typer.Option(min=0, help="also save <out_dir>.step-N every N steps")] = 0,
+    vae_from: Annotated[
+        Path | None, typer.Option(help="reuse this pipeline's VAE (skips the VAE stages)")
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="JSON/YAML PretrainConfig; overrides the options")
     ] = None,
@@ -102,7 +109,8 @@ def pretrain(
         cfg = _load_pretrain_config(config)
     else:
         cfg = PretrainConfig(seed=seed, n_images=n_images, vae_steps=vae_steps, unet_steps=unet_steps,
-                             unet_batch_size=unet_batch_size, snapshot_every=snapshot_every)  # fmt: skip
+                             unet_batch_size=unet_batch_size, snapshot_every=snapshot_every,
+                             vae_from=None if vae_from is None else str(vae_from))  # fmt: skip
     run_pretrain(cfg, out_dir)
 
 
@@ -175,3 +183,53 @@ def refine_decoder_cmd(
     pipe = StableDiffusionPipeline.from_pretrained(model_dir)
     refine_decoder(pipe.vae, cfg, lambda rec: typer.echo(json.dumps(rec)))
     save_pipeline(pipe, model_dir, {**summary, "decoder_refined": {"steps": steps}})
+
+
+@app.command()
+def reproduce(
+    out: Annotated[Path, typer.Option(help="study directory (resumable; re-run to continue)")] = Path(
+        "runs/reproduce"
+    ),
+    seeds: Annotated[
+        str | None, typer.Option(help="comma-separated seeds (default: the config's, 1,2,3)")
+    ] = None,
+    pairs: Annotated[int | None, typer.Option(min=16, help="curated pairs per seed (default 2000)")] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON ReproduceConfig")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", "-s", help="override a setting, e.g. --set spin.latents=raw")
+    ] = None,
+) -> None:
+    """Table 1 and Figure 5 on the toy world: base, SFT curve, DPO, SPIN iterations, several seeds."""
+    import shlex
+    import sys
+
+    from pydantic import ValidationError
+
+    from spin_diffusion.config import apply_overrides
+    from spin_diffusion.toy.reproduce import ReproduceConfig
+    from spin_diffusion.toy.reproduce import reproduce as run_reproduce
+
+    raw = _read_mapping(config) if config is not None else {}
+    if seeds is not None:
+        try:
+            raw["seeds"] = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError as exc:
+            raise UserError(f"--seeds must be comma-separated integers, got {seeds!r}") from exc
+    if pairs is not None:
+        raw["pairs"] = pairs
+    raw = apply_overrides(raw, set_ or [])
+    try:
+        cfg = ReproduceConfig.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UserError(f"reproduce setting {'.'.join(str(x) for x in err['loc'])!r}: {err['msg']}") from exc
+    command = "spin-diffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = run_reproduce(cfg, out, command)
+    typer.echo(result["report"])
+    typer.echo(f"wrote {out / 'results.md'} and {out / 'plots' / 'curves.png'}")
+
+
+def _read_mapping(path: Path) -> dict:
+    from spin_diffusion.config import read_yaml
+
+    return read_yaml(path)  # one-line errors; duplicate keys and non-UTF-8 text are refused

@@ -40,6 +40,11 @@ def _rng(stream: str, seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng([_STREAM[stream], seed, index])
 
 
+def curated_rng(seed: int, index: int) -> np.random.Generator:
+    """The generator of curated pair ``index`` (so other data can be made for exactly those prompts)."""
+    return _rng("curated", seed, index)
+
+
 def is_finetune_spec(spec: PromptSpec) -> bool:
     """Fine-tuning may use a prompt spec only if it is outside the eval bucket and names no held-out combo."""
     return not eval_bucket(spec) and not mentions_held_out(spec)

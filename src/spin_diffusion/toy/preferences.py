@@ -16,7 +16,7 @@ import numpy as np
 
 from spin_diffusion.atomic import atomic_file
 from spin_diffusion.errors import DataError
-from spin_diffusion.toy.datasets import curated_example
+from spin_diffusion.toy.datasets import curated_example, curated_rng
 from spin_diffusion.toy.render import render_scene
 
 _STREAM = 4  # distinct from the streams in toy.datasets
@@ -50,13 +50,44 @@ def preference_rows(n: int, seed: int = 0, size: int = 32, tie_fraction: float =
     return cols
 
 
-def write_preference_parquet(path: str | os.PathLike[str], n: int, seed: int = 0, size: int = 32) -> Path:
-    """Write the rows as one parquet file (atomically); returns its path."""
+def matched_preference_rows(n: int, seed: int = 0, size: int = 32) -> dict[str, list]:
+    """Rows for exactly the prompts of ``generate_pairs(n, seed, "curated")``, without ties.
+
+    The winner is the very image of that curated set and the loser the same scene rendered the web
+    way, so DPO, SFT and SPIN see the same prompts and the same real images (an equal-data
+    comparison); DPO additionally gets a loser per prompt, which the other two never see.
+    """
+    if n < 1:
+        raise DataError(f"number of preference rows must be >= 1, got {n}")
+    cols: dict[str, list] = {"caption": [], "jpg_0": [], "jpg_1": [], "label_0": [], "label_1": []}
+    for i in range(n):
+        rng = curated_rng(seed, i)
+        text, scene = curated_example(rng)
+        winner = _png(render_scene(scene, size, "curated", rng))
+        loser_rng = np.random.default_rng([_STREAM, seed, i, 1])
+        loser = _png(render_scene(scene, size, "web", loser_rng))
+        swap = loser_rng.random() < 0.5
+        cols["caption"].append(text)
+        cols["jpg_0"].append(loser if swap else winner)
+        cols["jpg_1"].append(winner if swap else loser)
+        cols["label_0"].append(0.0 if swap else 1.0)
+        cols["label_1"].append(1.0 if swap else 0.0)
+    return cols
+
+
+def write_preference_parquet(
+    path: str | os.PathLike[str], n: int, seed: int = 0, size: int = 32, matched: bool = False
+) -> Path:
+    """Write the rows as one parquet file (atomically); returns its path.
+
+    ``matched``: the prompts and winners of the curated imagefolder with the same ``n`` and ``seed``.
+    """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(path)
-    table = pa.table(preference_rows(n, seed, size))
+    rows = matched_preference_rows(n, seed, size) if matched else preference_rows(n, seed, size)
+    table = pa.table(rows)
     with atomic_file(path) as tmp:
         pq.write_table(table, tmp)
     return path
