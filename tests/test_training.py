@@ -14,6 +14,7 @@ from spin_diffusion.models import fingerprint_module, frozen_copy, load_pipeline
 from spin_diffusion.training import (
     ModuleReference,
     PrecomputedReference,
+    ReferencePlan,
     Trainer,
     TrainingDiverged,
     compute_loss,
@@ -122,7 +123,7 @@ def test_batches_share_t_and_noise_between_members_and_are_reproducible() -> Non
     assert not torch.equal(b3.noise[0], b1.noise[0])  # another epoch, another draw
 
 
-def test_precomputed_reference_gives_the_same_loss(pipe) -> None:
+def test_precomputed_reference_gives_the_same_loss(pipe, tmp_path: Path) -> None:
     sched = training_scheduler(pipe)
     data = SyntheticPairs()
     cfg = TrainingConfig(beta=500.0)
@@ -131,24 +132,27 @@ def test_precomputed_reference_gives_the_same_loss(pipe) -> None:
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
     ref = ModuleReference(frozen_copy(pipe.unet), sched)
+    plan = ReferencePlan(num_examples=6, micro_steps=4, batch_size=3, world_size=1, seed=3)
     table = precompute_reference_errors(
         ref,
         data,
         pipe.text_encoder,
         pipe.tokenizer,
-        epochs=2,
-        seed=3,
+        plan=plan,
+        chunk_dir=tmp_path / "chunks",
+        key={},
         num_train_timesteps=1000,
         caption_dropout=0.0,
-        batch_size=4,
+        chunk_micro_steps=3,
         show_progress=False,
     )
-    assert table.shape == (2, 6, 2)
-    batch = make_batch(data, [(4, 1), (0, 0), (2, 1)], seed=3, num_train_timesteps=1000)
+    assert table.shape == (2, 6, 2) and not table.isnan().any()  # two micro-batches per epoch
+    items = micro_batch_items(6, 2, batch_size=3, rank=0, world_size=1, seed=3)  # a batch of epoch 1
+    batch = make_batch(data, items, seed=3, num_train_timesteps=1000)
     emb = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions)
     live = compute_loss("spin", cfg, model, sched, ref, batch, emb)
     pre = compute_loss("spin", cfg, model, sched, PrecomputedReference(table), batch, emb)
-    assert live.loss.item() == pytest.approx(pre.loss.item(), rel=1e-5)
+    assert live.loss.item() == pre.loss.item()  # the same micro-batch: the same numbers
     assert live.metrics["implicit_acc"] == pre.metrics["implicit_acc"]
     assert live.loss.item() != pytest.approx(0.6931, abs=1e-4)  # model != reference
 
@@ -243,3 +247,39 @@ def test_sft_loss_goes_down(pipe, tmp_path: Path) -> None:
         json.loads(line)["loss"] for line in (tmp_path / "sft" / "train_log.jsonl").read_text().splitlines()
     ]
     assert sum(log[-5:]) / 5 < sum(log[:5]) / 5
+
+
+def test_global_batch_size_derives_accumulation_from_the_process_count() -> None:
+    from spin_diffusion.config import load_config
+    from spin_diffusion.errors import ConfigError
+
+    repo = Path(__file__).resolve().parents[1]
+    for name, per_process, processes, accumulation in [
+        ("sd15-spin.yaml", 8, 8, 32),
+        ("sd15-dpo.yaml", 8, 4, 64),
+        ("sd15-sft.yaml", 32, 1, 16),
+    ]:
+        cfg = load_config(repo / "configs" / name).training
+        assert cfg.batch_size == per_process and cfg.accumulation_steps(processes) == accumulation
+    cfg = TrainingConfig(batch_size=8, global_batch_size=2048)
+    with pytest.raises(
+        ConfigError, match=r"global_batch_size 2048 is not a multiple of batch_size 8 x 3 processes"
+    ):
+        cfg.accumulation_steps(3)
+    assert TrainingConfig(gradient_accumulation_steps=5).accumulation_steps(7) == 5  # not set: as written
+    with pytest.raises(ValueError, match="not a multiple of batch_size 8"):
+        TrainingConfig(batch_size=8, global_batch_size=100)
+
+
+def test_the_effective_global_batch_is_logged_and_returned(pipe, tmp_path: Path, caplog) -> None:
+    from spin_diffusion.training import write_summary
+
+    cfg = TrainingConfig(max_steps=1, batch_size=2, global_batch_size=6, checkpointing_steps=5, trackers=[])
+    trainer = _trainer(pipe, tmp_path / "gb", cfg)
+    with caplog.at_level("INFO", logger="spin_diffusion.training"):
+        result = trainer.train()
+    assert trainer.micro_step == 3  # 6 = 2 per process x 1 process x 3 accumulation steps
+    assert result.global_batch == 6
+    assert "global batch 6 = batch_size 2 x 1 processes x 3 accumulation steps" in caplog.text
+    write_summary(tmp_path / "gb", result)
+    assert json.loads((tmp_path / "gb" / "train_summary.json").read_text())["global_batch"] == 6

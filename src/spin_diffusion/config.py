@@ -186,6 +186,13 @@ class TrainingConfig(Strict):
     max_steps: int = Field(100, ge=1, description="optimizer steps per iteration")
     batch_size: int = Field(8, ge=1, description="pairs (or images for SFT) per process per micro-step")
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-steps per optimizer step")
+    global_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="examples per optimizer step over all processes; when set, gradient_accumulation_steps "
+        "is derived as global_batch_size / (batch_size x processes) (an error if it does not divide) "
+        "and the value above is ignored; null: use gradient_accumulation_steps",
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping norm; null disables")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="accelerate mixed precision")
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
@@ -218,6 +225,27 @@ class TrainingConfig(Strict):
     trackers: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=lambda: ["tensorboard"], description="accelerate trackers ([] for none)"
     )
+
+    @model_validator(mode="after")
+    def _check_global_batch(self) -> TrainingConfig:
+        if self.global_batch_size is not None and self.global_batch_size % self.batch_size:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not a multiple of batch_size {self.batch_size}"
+            )
+        return self
+
+    def accumulation_steps(self, num_processes: int) -> int:
+        """Micro-steps per optimizer step for this many processes (derived when global_batch_size is set)."""
+        if self.global_batch_size is None:
+            return self.gradient_accumulation_steps
+        per_micro_step = self.batch_size * num_processes
+        if self.global_batch_size % per_micro_step:
+            raise ConfigError(
+                f"training.global_batch_size {self.global_batch_size} is not a multiple of batch_size "
+                f"{self.batch_size} x {num_processes} processes = {per_micro_step}; change batch_size, "
+                "global_batch_size or the number of processes"
+            )
+        return self.global_batch_size // per_micro_step
 
 
 class IterationOverride(Strict):

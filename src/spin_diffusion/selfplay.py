@@ -281,8 +281,8 @@ def _run_iteration(
     from spin_diffusion.training import (
         ModuleReference,
         PrecomputedReference,
+        ReferencePlan,
         Trainer,
-        epochs_needed,
         precompute_reference_errors,
         write_summary,
     )
@@ -331,7 +331,15 @@ def _run_iteration(
             reference = ModuleReference(frozen_copy(opponent, ref_dtype), noise_scheduler)
     caption_dropout = getattr(data_cfg, "caption_dropout", 0.0)
     if reference is not None and train_cfg.precompute_reference:
+        # only the micro-batches this iteration's steps run, split across ranks, under training's autocast
         table_path = iter_dir / "reference_errors.safetensors"
+        plan = ReferencePlan.for_training(len(data), train_cfg, accelerator.num_processes, seed)
+        key = {
+            "reference": opponent_fp,
+            "lora": lora.enabled,
+            "reference_dtype": cfg.model.reference_dtype,
+            "mixed_precision": train_cfg.mixed_precision,
+        }
         reference = PrecomputedReference(
             _reference_table(
                 table_path,
@@ -340,14 +348,20 @@ def _run_iteration(
                     data,
                     pipe.text_encoder,
                     pipe.tokenizer,
-                    epochs=epochs_needed(len(data), train_cfg, accelerator.num_processes),
-                    seed=seed,
+                    plan=plan,
+                    chunk_dir=iter_dir / "reference_errors",
+                    key=key,
                     num_train_timesteps=noise_scheduler.config.num_train_timesteps,
                     caption_dropout=caption_dropout,
+                    rank=accelerator.process_index,
+                    barrier=accelerator.wait_for_everyone,
+                    autocast=accelerator.autocast,
                     show_progress=show_progress and accelerator.is_main_process,
                 ),
                 accelerator,
-            )
+                json.dumps({**key, **plan.identity(), "caption_dropout": caption_dropout}, sort_keys=True),
+            ),
+            source=str(table_path),
         )
 
     # a LoRA on theta_{k-1} (k > 1) is saved stacked on iteration k-1's, so it is relative to the base
@@ -388,20 +402,38 @@ def _run_iteration(
         "model_fingerprint": fingerprint_module(next_opponent),
         "samples": None if samples is None else str(samples.dir.relative_to(iter_dir.parent)),
         "world_size": result.world_size,
+        "global_batch": result.global_batch,
         "_next_opponent": next_opponent,
     }
 
 
-def _reference_table(path: Path, compute: Any, accelerator: Any) -> torch.Tensor:
-    """Load the precomputed reference errors, computing and saving them once (main process)."""
+def _reference_table(path: Path, compute: Any, accelerator: Any, key: str) -> torch.Tensor:
+    """The precomputed reference errors: reused if made for ``key``, else computed and saved once.
+
+    ``compute`` runs on every rank (each takes its share of the chunks and all
+    merge them); only the main process writes the table.
+    """
     from safetensors.torch import load_file, save_file
 
-    if not path.is_file() and accelerator.is_main_process:
-        table = compute()
+    if _saved_table_key(path) == key:
+        return load_file(str(path))["errors"]
+    table = compute()
+    if accelerator.is_main_process:
         with atomic_file(path) as tmp:
-            save_file({"errors": table.contiguous()}, str(tmp))
+            save_file({"errors": table.contiguous()}, str(tmp), metadata={"key": key})
     accelerator.wait_for_everyone()
-    return load_file(str(path))["errors"]
+    return table
+
+
+def _saved_table_key(path: Path) -> str | None:
+    """The key a saved reference table was made for (None if absent, damaged or from an older version)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("key")
+    except Exception:  # noqa: BLE001 - missing or damaged: compute again
+        return None
 
 
 def _evaluate(cfg: RunConfig, run_dir: Path, num_iterations: int) -> dict[str, Any] | None:

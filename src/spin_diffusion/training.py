@@ -12,19 +12,22 @@ ahead of time (``precompute_reference``) with identical results.
 from __future__ import annotations
 
 import contextlib
+import errno
+import functools
 import hashlib
 import json
+import logging
 import math
 import re
 import shutil
-import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from spin_diffusion.atomic import write_json_atomic
-from spin_diffusion.errors import UserError
+from spin_diffusion.atomic import atomic_file, write_json_atomic, write_text_atomic
+from spin_diffusion.errors import CheckpointError, UserError
+from spin_diffusion.interrupt import Interrupted, StopFlag
 from spin_diffusion.objectives import (
     dpo_loss,
     min_snr_weights,
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
 
     from spin_diffusion.config import TrainingConfig
 
+log = logging.getLogger(__name__)
+
 TRAIN_STATE = "train_state.json"
 SUMMARY = "train_summary.json"
 
@@ -47,10 +52,8 @@ class TrainingDiverged(UserError):
     """The loss became NaN or infinite; the last good checkpoint is kept as it was."""
 
 
-class TrainingInterrupted(UserError):
-    """SIGINT/SIGTERM: a checkpoint was saved; the same command resumes."""
-
-    exit_code = 130
+class TrainingInterrupted(Interrupted):
+    """SIGINT/SIGTERM: a checkpoint was saved; the same command resumes (exit code 130)."""
 
 
 # --------------------------------------------------------------------------- data
@@ -134,23 +137,29 @@ def micro_batch_items(
     A dataset smaller than a global batch is tiled. Pure: resuming needs only
     the micro-step count.
     """
-    import torch
-
     global_batch = batch_size * world_size
     per_epoch = max(1, num_examples // global_batch)
     epoch, pos = divmod(micro_step, per_epoch)
-    perm = torch.randperm(
-        num_examples, generator=torch.Generator().manual_seed(example_seed(seed, -1, epoch))
-    )
+    perm = _epoch_permutation(num_examples, epoch, seed)
     if num_examples < global_batch:
         perm = perm.repeat(math.ceil(global_batch / num_examples))
     start = pos * global_batch + rank * batch_size
     return [(int(i), epoch) for i in perm[start : start + batch_size]]
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(num_examples: int, epoch: int, seed: int) -> torch.Tensor:
+    """One epoch's seeded order, cached: planning a precompute asks for it once per micro-step."""
+    import torch
+
+    return torch.randperm(
+        num_examples, generator=torch.Generator().manual_seed(example_seed(seed, -1, epoch))
+    )
+
+
 def epochs_needed(num_examples: int, cfg: TrainingConfig, world_size: int) -> int:
     per_epoch = max(1, num_examples // (cfg.batch_size * world_size))
-    return math.ceil(cfg.max_steps * cfg.gradient_accumulation_steps / per_epoch)
+    return math.ceil(cfg.max_steps * cfg.accumulation_steps(world_size) / per_epoch)
 
 
 # --------------------------------------------------------------------------- schedule
@@ -216,9 +225,14 @@ class ModuleReference:
 
 @dataclass
 class PrecomputedReference:
-    """Reference errors looked up by (epoch, example): no reference model in memory."""
+    """Reference errors looked up by (epoch, example): no reference model in memory.
 
-    table: torch.Tensor  # [epochs, N, 2] float32: (err_a, err_b)
+    Entries the iteration was not expected to visit are NaN; meeting one means
+    the table was made for other steps or settings, which must not pass silently.
+    """
+
+    table: torch.Tensor  # [epochs, N, 2] float32: (err_a, err_b), NaN where not computed
+    source: str = "the precomputed reference errors"
 
     def errors(self, batch: Batch, latents: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         import torch
@@ -226,11 +240,128 @@ class PrecomputedReference:
         e = torch.tensor(batch.epoch)
         i = torch.tensor(batch.indices)
         if int(e.max()) >= self.table.shape[0]:
-            raise UserError(
-                f"precomputed reference errors cover {self.table.shape[0]} epochs; epoch {int(e.max())} asked"
+            raise CheckpointError(
+                f"{self.source} cover {self.table.shape[0]} epochs; epoch {int(e.max())} asked: "
+                "delete the file to recompute it for these steps"
             )
         pair = self.table[e, i]  # [B, 2]
+        missing = pair.isnan().any(dim=1)
+        if bool(missing.any()):
+            k = int(missing.nonzero()[0])
+            raise CheckpointError(
+                f"{self.source} have no entry for example {int(i[k])} in epoch {int(e[k])} "
+                "(made for other steps or settings): delete the file to recompute it"
+            )
         return torch.cat([pair[:, 0], pair[:, 1]]).to(latents.device)
+
+
+@dataclass(frozen=True)
+class ReferencePlan:
+    """The micro-batches an iteration will run, every rank's, in training's batch layout.
+
+    Precomputing exactly these batches (same items, same order, same size) makes
+    the stored errors the numbers a live reference would give, and skips every
+    (epoch, example) the steps never reach.
+    """
+
+    num_examples: int
+    micro_steps: int  # max_steps x accumulation
+    batch_size: int
+    world_size: int
+    seed: int
+
+    @classmethod
+    def for_training(
+        cls, num_examples: int, cfg: TrainingConfig, world_size: int, seed: int
+    ) -> ReferencePlan:
+        accumulation = cfg.accumulation_steps(world_size)
+        return cls(num_examples, cfg.max_steps * accumulation, cfg.batch_size, world_size, seed)
+
+    def identity(self) -> dict[str, int]:
+        """What decides which items are visited and how they are batched."""
+        return {
+            "num_examples": self.num_examples,
+            "micro_steps": self.micro_steps,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+            "seed": self.seed,
+        }
+
+    @property
+    def epochs(self) -> int:
+        per_epoch = max(1, self.num_examples // (self.batch_size * self.world_size))
+        return (self.micro_steps - 1) // per_epoch + 1
+
+    def micro_batches(self, start: int, end: int) -> list[list[tuple[int, int]]]:
+        """Every rank's micro-batch for micro-steps ``start .. end-1``."""
+        return [
+            micro_batch_items(
+                self.num_examples,
+                m,
+                batch_size=self.batch_size,
+                rank=r,
+                world_size=self.world_size,
+                seed=self.seed,
+            )
+            for m in range(start, min(end, self.micro_steps))
+            for r in range(self.world_size)
+        ]
+
+
+def reference_batch_errors(
+    reference: ModuleReference,
+    data: TrainingData,
+    text_encoder: Any,
+    tokenizer: Any,
+    micro_batches: Sequence[Sequence[tuple[int, int]]],
+    *,
+    seed: int,
+    num_train_timesteps: int,
+    caption_dropout: float,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> dict[str, torch.Tensor]:
+    """Reference errors of whole micro-batches, under the autocast training uses.
+
+    Returns ``epoch`` and ``index`` ([M] int64) and ``errors`` ([M, 2] float32).
+    """
+    import torch
+
+    epochs, indices, errors = [], [], []
+    device = next(reference.unet.parameters()).device
+    for items in micro_batches:
+        batch = make_batch(
+            data, items, seed=seed, num_train_timesteps=num_train_timesteps, caption_dropout=caption_dropout
+        )
+        emb = encode_prompts(text_encoder, tokenizer, batch.captions)
+        lat = torch.cat([batch.latents_a, batch.latents_b]).to(device)
+        with autocast():
+            err = reference.errors(batch, lat, emb.repeat(2, 1, 1)).float().cpu()
+        b = len(items)
+        errors.append(torch.stack([err[:b], err[b:]], dim=1))
+        epochs.append(torch.tensor(batch.epoch, dtype=torch.long))
+        indices.append(torch.tensor(batch.indices, dtype=torch.long))
+    return {"epoch": torch.cat(epochs), "index": torch.cat(indices), "errors": torch.cat(errors)}
+
+
+REFERENCE_CHUNK = "chunk-{:05d}.safetensors"
+
+
+def _chunk_ranges(plan: ReferencePlan, chunk_micro_steps: int) -> list[tuple[int, int, int]]:
+    """(chunk number, first micro-step, end micro-step) of every chunk of the plan."""
+    starts = range(0, plan.micro_steps, chunk_micro_steps)
+    return [(c, s, min(s + chunk_micro_steps, plan.micro_steps)) for c, s in enumerate(starts)]
+
+
+def _chunk_done(path: Path, key: str, span: str) -> bool:
+    """A chunk is done if its file opens completely and was made for this key and span."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - missing or damaged: compute it again
+        return False
+    return meta.get("key") == key and meta.get("micro_steps") == span
 
 
 def precompute_reference_errors(
@@ -239,33 +370,76 @@ def precompute_reference_errors(
     text_encoder: Any,
     tokenizer: Any,
     *,
-    epochs: int,
-    seed: int,
+    plan: ReferencePlan,
+    chunk_dir: Path,
+    key: dict[str, Any],
     num_train_timesteps: int,
     caption_dropout: float,
-    batch_size: int = 16,
+    rank: int = 0,
+    barrier: Callable[[], Any] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    chunk_micro_steps: int = 64,
     show_progress: bool = True,
 ) -> torch.Tensor:
-    """Reference errors for every (epoch, example) the run will visit, in inference mode."""
-    import torch
+    """Reference errors of every item the plan visits (NaN elsewhere), split across ranks, resumable.
+
+    The plan's micro-steps are cut into chunks; chunk ``c`` is computed by rank
+    ``c % world_size`` and written to ``chunk_dir`` on its own, so an interrupted
+    precompute redoes only missing chunks. After ``barrier()`` every rank merges
+    all chunks into the dense ``[epochs, N, 2]`` table.
+    """
+    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
-    n = len(data)
-    table = torch.zeros(epochs, n, 2)
-    items = [(i, e) for e in range(epochs) for i in range(n)]
-    for start in tqdm(range(0, len(items), batch_size), desc="reference errors", disable=not show_progress):
-        chunk = items[start : start + batch_size]
-        batch = make_batch(
-            data, chunk, seed=seed, num_train_timesteps=num_train_timesteps, caption_dropout=caption_dropout
+    chunk_dir = Path(chunk_dir)
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    layout = {k: v for k, v in plan.identity().items() if k != "micro_steps"}  # a chunk records its own span
+    chunk_key = json.dumps(
+        {**key, **layout, "num_train_timesteps": num_train_timesteps, "caption_dropout": caption_dropout},
+        sort_keys=True,
+        default=str,
+    )
+    chunks = _chunk_ranges(plan, chunk_micro_steps)
+    todo = [
+        (c, s, e)
+        for c, s, e in chunks
+        if c % plan.world_size == rank
+        and not _chunk_done(chunk_dir / REFERENCE_CHUNK.format(c), chunk_key, f"{s}:{e}")
+    ]
+    for c, s, e in tqdm(todo, desc="reference errors", unit="chunk", disable=not show_progress):
+        part = reference_batch_errors(
+            reference,
+            data,
+            text_encoder,
+            tokenizer,
+            plan.micro_batches(s, e),
+            seed=plan.seed,
+            num_train_timesteps=num_train_timesteps,
+            caption_dropout=caption_dropout,
+            autocast=autocast,
         )
-        emb = encode_prompts(text_encoder, tokenizer, batch.captions)
-        device = next(reference.unet.parameters()).device
-        lat = torch.cat([batch.latents_a, batch.latents_b]).to(device)
-        err = reference.errors(batch, lat, emb.repeat(2, 1, 1))
-        b = len(chunk)
-        for k, (i, e) in enumerate(chunk):
-            table[e, i, 0] = err[k]
-            table[e, i, 1] = err[b + k]
+        with atomic_file(chunk_dir / REFERENCE_CHUNK.format(c)) as tmp:
+            save_file(part, str(tmp), metadata={"key": chunk_key, "micro_steps": f"{s}:{e}"})
+    if barrier is not None:
+        barrier()
+    return merge_reference_chunks(chunk_dir, chunks, plan)
+
+
+def merge_reference_chunks(
+    chunk_dir: Path, chunks: Sequence[tuple[int, int, int]], plan: ReferencePlan
+) -> torch.Tensor:
+    """The dense table from the chunk files: NaN for every (epoch, example) no step visits."""
+    import torch
+    from safetensors.torch import load_file
+
+    table = torch.full((plan.epochs, plan.num_examples, 2), float("nan"))
+    for c, _, _ in chunks:
+        path = Path(chunk_dir) / REFERENCE_CHUNK.format(c)
+        try:
+            part = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - another rank failed or the file is damaged
+            raise CheckpointError(f"reference errors chunk {path} is missing or damaged ({exc})") from None
+        table[part["epoch"], part["index"]] = part["errors"]
     return table
 
 
@@ -334,15 +508,21 @@ def compute_loss(
 
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+COMPLETE = "complete.json"
+LOG = "train_log.jsonl"
 
 
 def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (those with a train_state.json), oldest first."""
+    """Checkpoints whose save finished (they hold the complete marker), oldest first."""
+    return [(step, p) for step, p in _step_dirs(ckpt_root) if (p / COMPLETE).is_file()]
+
+
+def _step_dirs(ckpt_root: Path) -> list[tuple[int, Path]]:
     found = []
     if ckpt_root.is_dir():
         for p in ckpt_root.iterdir():
             m = _STEP_DIR.match(p.name)
-            if m and (p / TRAIN_STATE).is_file():
+            if m and p.is_dir():
                 found.append((int(m.group(1)), p))
     return sorted(found)
 
@@ -352,6 +532,95 @@ def prune_checkpoints(ckpt_root: Path, keep: int | None) -> None:
         return
     for _, path in list_checkpoints(ckpt_root)[:-keep]:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_complete_marker(ckpt: Path) -> None:
+    """Written after every other file: size and hash of each, so a resume can tell a torn save."""
+    files = {
+        p.relative_to(ckpt).as_posix(): {"size": p.stat().st_size, "blake2b": _file_digest(p)}
+        for p in sorted(ckpt.rglob("*"))
+        if p.is_file() and p.name != COMPLETE
+    }
+    write_json_atomic(ckpt / COMPLETE, {"files": files})
+
+
+def checkpoint_problem(ckpt: Path) -> str | None:
+    """Why ``ckpt`` cannot be resumed from, or None when every file is as it was written."""
+    marker = ckpt / COMPLETE
+    if not marker.is_file():
+        return f"it has no {COMPLETE} (its save did not finish)"
+    try:
+        files = json.loads(marker.read_text())["files"]
+        expected = {name: (int(v["size"]), str(v["blake2b"])) for name, v in files.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return f"its {COMPLETE} is unreadable"
+    if TRAIN_STATE not in expected:
+        return f"it has no {TRAIN_STATE}"
+    for name, (size, digest) in expected.items():
+        path = ckpt / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} were written"
+        if _file_digest(path) != digest:
+            return f"{name} does not match the hash recorded when it was written"
+    return None
+
+
+def newest_resumable(ckpt_root: Path) -> tuple[tuple[int, Path] | None, list[tuple[Path, str]]]:
+    """The newest checkpoint that verifies, and the newer ones skipped with the reason for each."""
+    skipped: list[tuple[Path, str]] = []
+    for step, path in reversed(_step_dirs(ckpt_root)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return (step, path), skipped
+        skipped.append((path, problem))
+    return None, skipped
+
+
+def remove_stray_temporaries(ckpt_root: Path) -> None:
+    """Drop ``.step-N.tmp`` directories a failed or killed save left behind."""
+    if ckpt_root.is_dir():
+        for tmp in ckpt_root.glob(".step-*.tmp"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """ENOSPC/EDQUOT anywhere in the chain (torch.save reports it as a RuntimeError around it)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep only log lines up to ``step``: later ones were written after the checkpoint resumed from.
+
+    Lines torn by a kill are dropped too. Rewritten atomically, and only when something changes.
+    """
+    if not path.is_file():
+        return
+    text = path.read_text(encoding="utf-8", errors="replace")
+    kept = []
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+            kept.append(line + "\n")
+    if "".join(kept) != text:
+        write_text_atomic(path, "".join(kept))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -364,27 +633,7 @@ class TrainResult:
     final_metrics: dict[str, float]
     world_size: int
     rank_fingerprints: list[str]
-
-
-class _StopFlag:
-    """Turns SIGINT/SIGTERM into a flag the loop checks after each optimizer step."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> _StopFlag:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError):  # not the main thread: no handler
-                self._old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        self.signal = signum
-
-    def __exit__(self, *exc: Any) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+    global_batch: int = 0  # examples per optimizer step: batch_size x processes x accumulation
 
 
 class Trainer:
@@ -453,16 +702,37 @@ class Trainer:
             self.ema = EMAModel(self.acc.unwrap_model(self.unet).parameters(), decay=self.cfg.ema_decay)
         self.device = self.acc.device
         self.text_encoder.to(self.device)
+        self.accumulation = self.cfg.accumulation_steps(self.acc.num_processes)
+        self.global_batch = self.cfg.batch_size * self.acc.num_processes * self.accumulation
 
     # -- checkpoints
 
     def save_checkpoint(self) -> Path:
-        """accelerate state (model, optimizer, RNG) plus our step counters, written atomically."""
+        """accelerate state (model, optimizer, RNG) plus our step counters, written atomically.
+
+        Everything goes into ``.step-N.tmp``; the complete marker is written last
+        and only then is the directory renamed, so a resume never meets a torn save.
+        """
         final = self.ckpt_root / f"step-{self.step}"
         tmp = self.ckpt_root / f".step-{self.step}.tmp"
         if self.acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
         self.acc.wait_for_everyone()
+        try:
+            self._write_checkpoint(tmp)
+        except (OSError, RuntimeError) as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if _is_disk_full(exc):
+                raise UserError(self._disk_full_message(final)) from None
+            raise
+        if self.acc.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            prune_checkpoints(self.ckpt_root, self.cfg.checkpoints_total_limit)
+        self.acc.wait_for_everyone()
+        return final
+
+    def _write_checkpoint(self, tmp: Path) -> None:
         self.acc.save_state(str(tmp))
         if self.ema is not None and self.acc.is_main_process:
             from safetensors.torch import save_file
@@ -475,11 +745,16 @@ class Trainer:
         if self.acc.is_main_process:
             state = {"step": self.step, "micro_step": self.micro_step, "world_size": self.acc.num_processes}
             (tmp / TRAIN_STATE).write_text(json.dumps(state))
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-            prune_checkpoints(self.ckpt_root, self.cfg.checkpoints_total_limit)
-        self.acc.wait_for_everyone()
-        return final
+            write_complete_marker(tmp)
+
+    def _disk_full_message(self, final: Path) -> str:
+        free = shutil.disk_usage(self.ckpt_root).free if self.ckpt_root.exists() else 0
+        last = list_checkpoints(self.ckpt_root)
+        kept = f" from {last[-1][1]}" if last else ""
+        return (
+            f"disk full: could not save checkpoint {final} ({free / 2**20:.0f} MiB free on that disk); "
+            f"the partial save was removed; free some space and run the same command to resume{kept}"
+        )
 
     def save_snapshot(self) -> Path:
         """The model at this step in the layout of ``iter-k/model`` (loadable by diffusers and evaluate)."""
@@ -492,10 +767,23 @@ class Trainer:
         return path
 
     def maybe_resume(self) -> int | None:
-        found = list_checkpoints(self.ckpt_root)
-        if not found:
+        """Load the newest checkpoint that verifies; newer damaged ones are moved aside, saying why."""
+        if self.acc.is_main_process:
+            remove_stray_temporaries(self.ckpt_root)
+        self.acc.wait_for_everyone()
+        found, skipped = newest_resumable(self.ckpt_root)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            for path, why in skipped:
+                aside = path.with_name(f".{path.name}.damaged")
+                shutil.rmtree(aside, ignore_errors=True)
+                path.rename(aside)
+                older = f"resuming from {found[1].name}" if found else "no older checkpoint: starting over"
+                log.warning("skipping checkpoint %s: %s; moved to %s; %s", path, why, aside.name, older)
+        self.acc.wait_for_everyone()
+        if found is None:
             return None
-        step, path = found[-1]
+        step, path = found
         state = json.loads((path / TRAIN_STATE).read_text())
         if state.get("world_size") != self.acc.num_processes:
             raise UserError(
@@ -545,7 +833,7 @@ class Trainer:
         """
         batch = self.next_batch()
         lr = self.set_lr()
-        accum = self.cfg.gradient_accumulation_steps
+        accum = self.accumulation
         sync = (self.micro_step + 1) % accum == 0
         with contextlib.nullcontext() if sync else self.acc.no_sync(self.unet):
             emb = encode_prompts(self.text_encoder, self.tokenizer, batch.captions)
@@ -581,6 +869,16 @@ class Trainer:
         from tqdm.auto import tqdm
 
         resumed = self.maybe_resume()
+        if self.acc.is_main_process:
+            truncate_log(self.out_dir / LOG, self.step)  # lines past the checkpoint would repeat
+            log.info(
+                "%s: global batch %d = batch_size %d x %d processes x %d accumulation steps",
+                self.out_dir.name,
+                self.global_batch,
+                self.cfg.batch_size,
+                self.acc.num_processes,
+                self.accumulation,
+            )
         metrics: dict[str, float] = {}
         bar = tqdm(
             total=self.cfg.max_steps,
@@ -589,7 +887,7 @@ class Trainer:
             unit="step",
             disable=not (self.show_progress and self.acc.is_main_process),
         )
-        with _StopFlag() as stop, bar:
+        with StopFlag() as stop, bar:
             while self.step < self.cfg.max_steps:
                 step_metrics = self.train_step()
                 if step_metrics is None:
@@ -617,6 +915,7 @@ class Trainer:
             final_metrics=metrics,
             world_size=self.acc.num_processes,
             rank_fingerprints=self._rank_fingerprints(),
+            global_batch=self.global_batch,
         )
 
     def _any_process_flag(self, flag: bool) -> bool:
@@ -629,7 +928,7 @@ class Trainer:
         if not self.acc.is_main_process:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.out_dir / "train_log.jsonl", "a") as f:
+        with open(self.out_dir / LOG, "a") as f:
             f.write(json.dumps({"step": self.step, **metrics}) + "\n")
 
     def _rank_fingerprints(self) -> list[str]:
@@ -649,6 +948,7 @@ def write_summary(out_dir: Path, result: TrainResult, extra: dict[str, Any] | No
         "resumed_from": result.resumed_from,
         "final_metrics": result.final_metrics,
         "world_size": result.world_size,
+        "global_batch": result.global_batch,
         "rank_fingerprints": result.rank_fingerprints,
         **(extra or {}),
     }

@@ -1,0 +1,169 @@
+"""Checkpoints that survive kills, torn files and a full disk: verify, fall back, clean up, no repeated log lines."""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+
+from spin_diffusion.config import TrainingConfig
+from spin_diffusion.errors import UserError
+from spin_diffusion.models import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
+from spin_diffusion.training import ModuleReference, Trainer, list_checkpoints
+
+CAPTIONS = ["a red circle", "a blue square", "a green circle", "a red square"]
+
+
+class Pairs:
+    paired = True
+
+    def __init__(self) -> None:
+        gen = torch.Generator().manual_seed(0)
+        self.a = torch.randn(len(CAPTIONS), 4, 8, 8, generator=gen)
+        self.b = torch.randn(len(CAPTIONS), 4, 8, 8, generator=gen)
+
+    def __len__(self) -> int:
+        return len(CAPTIONS)
+
+    def caption(self, index: int) -> str:
+        return CAPTIONS[index]
+
+    def latents(self, index: int, epoch: int, rng: torch.Generator):
+        return self.a[index], self.b[index]
+
+
+CFG = TrainingConfig(
+    max_steps=4,
+    batch_size=2,
+    checkpointing_steps=2,
+    checkpoints_total_limit=None,
+    learning_rate=1e-3,
+    lr_scheduler="constant",  # a shorter first run then follows the same schedule
+    trackers=[],
+)
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_pipeline_dir: Path):
+    return load_pipeline(tiny_pipeline_dir)
+
+
+def _trainer(pipe, out_dir: Path, cfg: TrainingConfig = CFG) -> Trainer:
+    from accelerate import Accelerator
+
+    unet = frozen_copy(pipe.unet)
+    unet.requires_grad_(True)
+    sched = training_scheduler(pipe)
+    return Trainer(
+        method="spin",
+        cfg=cfg,
+        accelerator=Accelerator(cpu=True),
+        unet=unet,
+        noise_scheduler=sched,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        data=Pairs(),
+        reference=ModuleReference(frozen_copy(pipe.unet), sched),
+        out_dir=out_dir,
+        seed=5,
+        show_progress=False,
+    )
+
+
+def _weights(trainer: Trainer) -> str:
+    return fingerprint_module(trainer.acc.unwrap_model(trainer.unet))
+
+
+def _log_steps(out_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def straight(pipe, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Weights after an uninterrupted 4-step run."""
+    trainer = _trainer(pipe, tmp_path_factory.mktemp("straight"))
+    trainer.train()
+    return _weights(trainer)
+
+
+def test_a_kill_during_a_save_does_not_repeat_log_lines(pipe, tmp_path: Path, straight: str) -> None:
+    out = tmp_path / "run"
+    _trainer(pipe, out).train()
+    assert _log_steps(out) == [1, 2, 3, 4]
+    # SIGKILL while step 4 was being saved: its line is logged, its checkpoint is still a temporary,
+    # and the kill tore a line being appended
+    ckpts = out / "checkpoints"
+    (ckpts / "step-4").rename(ckpts / ".step-4.tmp")
+    with open(out / "train_log.jsonl", "a") as f:
+        f.write('{"step": 5, "lo')
+    again = _trainer(pipe, out)
+    result = again.train()
+    assert result.resumed_from == 2
+    assert _log_steps(out) == [1, 2, 3, 4]
+    assert _weights(again) == straight
+    assert not list(ckpts.glob(".step-*.tmp"))  # the stray temporary is gone
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda ckpt: _truncate(ckpt / "model.safetensors"),
+        lambda ckpt: (ckpt / "train_state.json").write_text(""),
+        lambda ckpt: _truncate(ckpt / "optimizer.bin"),
+        lambda ckpt: (ckpt / "complete.json").unlink(),
+    ],
+    ids=["truncated-model", "empty-train-state", "truncated-optimizer", "no-marker"],
+)
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
+    pipe, tmp_path: Path, straight: str, caplog, damage
+) -> None:
+    out = tmp_path / "run"
+    _trainer(pipe, out, CFG.model_copy(update={"max_steps": 3, "checkpointing_steps": 1})).train()
+    ckpts = out / "checkpoints"
+    assert [s for s, _ in list_checkpoints(ckpts)] == [1, 2, 3]
+    assert (
+        json.loads((ckpts / "step-3" / "complete.json").read_text())["files"]["model.safetensors"]["size"] > 0
+    )
+    damage(ckpts / "step-3")
+    with caplog.at_level(logging.WARNING, logger="spin_diffusion.training"):
+        again = _trainer(pipe, out)
+        result = again.train()
+    assert result.resumed_from == 2 and result.steps == 4
+    lines = [r.getMessage() for r in caplog.records if "skipping checkpoint" in r.getMessage()]
+    assert len(lines) == 1 and "step-3" in lines[0] and "resuming from step-2" in lines[0]
+    assert _weights(again) == straight  # the run went on from step 2 exactly
+    assert _log_steps(out) == [1, 2, 3, 4]
+    assert (ckpts / ".step-3.damaged").is_dir()  # moved aside, not counted as a checkpoint
+    assert [s for s, _ in list_checkpoints(ckpts)] == [1, 2, 4]
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_leaves_no_temporary(
+    pipe, tmp_path: Path, monkeypatch
+) -> None:
+    out = tmp_path / "run"
+    stray = out / "checkpoints" / ".step-9.tmp"
+    stray.mkdir(parents=True)  # left by an earlier failed save: a re-run cleans it
+    trainer = _trainer(pipe, out, CFG.model_copy(update={"max_steps": 2}))
+
+    def full_disk(path: str) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        (Path(path) / "model.safetensors").write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(trainer.acc, "save_state", full_disk)
+    with pytest.raises(UserError, match="disk full") as info:
+        trainer.train()
+    message = str(info.value)
+    assert "\n" not in message and str(out / "checkpoints" / "step-2") in message and "resume" in message
+    assert not stray.exists()
+    assert not list((out / "checkpoints").glob(".step-*"))  # the partial save was removed
+    assert list_checkpoints(out / "checkpoints") == []
