@@ -162,3 +162,113 @@ def test_reencoded_samples_are_what_the_real_data_encoder_gives_for_the_saved_im
             pipe, ids, PROMPTS[:3], SamplingConfig(latents="raw", **common), tmp_path / "enc",
             seed=1, model_fingerprint="m",
         )  # fmt: skip
+
+
+SETTINGS = SamplingConfig(
+    num_samples_per_prompt=1,
+    num_inference_steps=3,
+    guidance_scale=2.0,
+    batch_size=1,
+    shard_size=2,
+    num_previews=0,
+)
+IDS = [f"p{i}" for i in range(len(PROMPTS))]
+
+
+def _sample(pipe, out: Path):
+    return sample_opponent(
+        pipe, IDS, PROMPTS, SETTINGS, out, seed=4, model_fingerprint="m", show_progress=False
+    )
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(pipe, tmp_path_factory: pytest.TempPathFactory):
+    return _sample(pipe, tmp_path_factory.mktemp("uninterrupted") / "samples")
+
+
+def test_a_truncated_shard_in_a_finished_directory_is_sampled_again(
+    pipe, tmp_path: Path, uninterrupted, caplog
+) -> None:
+    out = tmp_path / "samples"
+    _sample(pipe, out)
+    shard = out / "shard-00001.safetensors"
+    data = shard.read_bytes()
+    shard.write_bytes(data[: len(data) - 100])
+    kept = (out / "shard-00000.safetensors").stat().st_mtime_ns
+    with caplog.at_level("WARNING", logger="spin_diffusion.sampling"):
+        again = _sample(pipe, out)
+    assert "shard-00001.safetensors is unreadable" in caplog.text and "sampling it again" in caplog.text
+    assert (out / "shard-00000.safetensors").stat().st_mtime_ns == kept  # intact shards are kept
+    for pid in IDS:
+        torch.testing.assert_close(again.latents(pid), uninterrupted.latents(pid), rtol=0, atol=0)
+
+
+def test_opponent_samples_are_read_lazily_one_shard_at_a_time(pipe, uninterrupted, monkeypatch) -> None:
+    import safetensors
+    import safetensors.torch
+    from safetensors.torch import load_file
+
+    from spin_diffusion import sampling
+
+    opened: list[str] = []
+
+    def counting(real):
+        def opener(path, *args, **kwargs):
+            opened.append(Path(path).name)
+            return real(path, *args, **kwargs)
+
+        return opener
+
+    monkeypatch.setattr(safetensors, "safe_open", counting(safetensors.safe_open))
+    monkeypatch.setattr(safetensors.torch, "load_file", counting(safetensors.torch.load_file))
+    samples = sampling.OpponentSamples(uninterrupted.dir)
+    assert len(samples) == 5 and opened == []  # only the manifest was read
+    lat = samples.latents("p3")  # shard 1, row 1
+    assert set(opened) == {"shard-00001.safetensors"}
+    whole = load_file(str(uninterrupted.dir / "shard-00001.safetensors"))["latents"]
+    assert lat.dtype == torch.float16 and torch.equal(lat, whole[1])
+    samples.latents("p2")  # the same shard: no new open
+    assert set(opened) == {"shard-00001.safetensors"} and opened.count("shard-00001.safetensors") <= 2
+    for pid in IDS:
+        assert torch.equal(samples.latents(pid), uninterrupted.latents(pid))
+    assert set(opened) == {f"shard-0000{i}.safetensors" for i in range(3)}
+    with pytest.raises(CheckpointError, match="no samples for prompt id 'nope'"):
+        samples.latents("nope")
+
+
+def test_sigterm_during_sampling_stops_after_the_batch_keeps_complete_shards_and_resumes(
+    pipe, tmp_path: Path, uninterrupted
+) -> None:
+    import os
+    import signal
+
+    from spin_diffusion.errors import UserError
+
+    def not_handled(signum, frame):  # what a missing handler would do, without killing pytest
+        raise RuntimeError("SIGTERM reached the default handler")
+
+    calls = {"n": 0}
+
+    def send_sigterm(module, args):
+        calls["n"] += 1
+        if calls["n"] == 7:  # 3 UNet calls per batch of one: inside the third batch (shard 1)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    out = tmp_path / "samples"
+    previous = signal.signal(signal.SIGTERM, not_handled)
+    hook = pipe.unet.register_forward_pre_hook(send_sigterm)
+    try:
+        with pytest.raises(UserError) as info:
+            _sample(pipe, out)
+    finally:
+        hook.remove()
+        signal.signal(signal.SIGTERM, previous)
+    assert info.value.exit_code == 130
+    assert "1 of 3 shards are complete" in str(info.value) and "run the same command to resume" in str(
+        info.value
+    )
+    assert calls["n"] == 9  # the batch that was running finished, no other started
+    assert sorted(p.name for p in out.iterdir()) == ["settings.json", "shard-00000.safetensors"]
+    again = _sample(pipe, out)
+    for pid in IDS:
+        torch.testing.assert_close(again.latents(pid), uninterrupted.latents(pid), rtol=0, atol=0)

@@ -13,13 +13,16 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.atomic import atomic_file, save_image_atomic, write_json_atomic
 from spin_diffusion.errors import CheckpointError
+from spin_diffusion.interrupt import Interrupted, StopFlag
 
 if TYPE_CHECKING:
     import torch
@@ -28,8 +31,14 @@ if TYPE_CHECKING:
 
     from spin_diffusion.config import SamplingConfig
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.json"
 SETTINGS = "settings.json"
+
+
+class SamplingInterrupted(Interrupted):
+    """SIGINT/SIGTERM during sampling: complete shards are kept; the same command resumes (exit 130)."""
 
 
 def sample_seed(base_seed: int, prompt_id: str, index: int) -> int:
@@ -63,10 +72,13 @@ def generate_latents(
     eta: float = 0.0,
     batch_size: int = 16,
     progress: Any | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> torch.Tensor:
     """Final latents (the UNet's latent space, fp32) for each (prompt, seed), in batches.
 
     Classifier-free guidance runs as one doubled batch inside the pipeline.
+    ``stop`` is asked after every batch; when it says so, :class:`SamplingInterrupted`
+    is raised and the partial result is dropped.
     """
     import torch
 
@@ -89,6 +101,8 @@ def generate_latents(
             out.append(result.images.float().cpu())
             if progress is not None:
                 progress.update(len(batch_prompts))
+            if stop is not None and stop():
+                raise SamplingInterrupted("sampling interrupted")
     return torch.cat(out) if out else torch.empty(0)
 
 
@@ -197,35 +211,90 @@ def prompts_fingerprint(ids: Sequence[str], captions: Sequence[str]) -> str:
 
 
 class OpponentSamples:
-    """The opponent's latents for every prompt id, read from a complete sample directory."""
+    """The opponent's latents for every prompt id, read lazily from a complete sample directory.
+
+    Only the manifest is read up front (an index id -> (shard, row)); a shard is
+    memory-mapped the first time one of its prompts is asked for, so memory does
+    not grow with the number of samples.
+    """
+
+    max_open_shards = 64
 
     def __init__(self, out_dir: Path):
-        from safetensors.torch import load_file
-
         self.dir = Path(out_dir)
         manifest_path = self.dir / MANIFEST
         if not manifest_path.is_file():
             raise CheckpointError(f"{self.dir} has no {MANIFEST}: sampling did not finish")
         self.manifest = json.loads(manifest_path.read_text())
-        self._latents: dict[str, torch.Tensor] = {}
-        for shard in self.manifest["shards"]:
-            tensors = load_file(str(self.dir / shard["file"]))
-            for pid, lat in zip(shard["ids"], tensors["latents"], strict=True):
-                self._latents[pid] = lat
-        if len(self._latents) != self.manifest["num_prompts"]:
+        self._files: list[str] = []
+        self._shard_ids: list[list[str]] = []
+        self._index: dict[str, tuple[int, int]] = {}
+        for s, shard in enumerate(self.manifest["shards"]):
+            self._files.append(shard["file"])
+            self._shard_ids.append(list(shard["ids"]))
+            for row, pid in enumerate(shard["ids"]):
+                self._index[pid] = (s, row)
+        if len(self._index) != self.manifest["num_prompts"]:
             raise CheckpointError(
-                f"{self.dir}: manifest lists {self.manifest['num_prompts']} prompts, shards hold {len(self._latents)}"
+                f"{self.dir}: manifest lists {self.manifest['num_prompts']} prompts, shards hold {len(self._index)}"
             )
+        self._handles: OrderedDict[int, Any] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._latents)
+        return len(self._index)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()  # memory maps do not cross process boundaries
+        state["_handles"] = OrderedDict()
+        return state
 
     def latents(self, prompt_id: str) -> torch.Tensor:
         """All samples for one prompt: ``[n, C, h, w]`` (fp16 as stored)."""
         try:
-            return self._latents[prompt_id]
+            s, row = self._index[prompt_id]
         except KeyError:
             raise CheckpointError(f"{self.dir} has no samples for prompt id {prompt_id!r}") from None
+        return self._shard(s).get_slice("latents")[row : row + 1][0]
+
+    def _shard(self, s: int) -> Any:
+        if s in self._handles:
+            self._handles.move_to_end(s)
+            return self._handles[s]
+        path = self.dir / self._files[s]
+        problem = shard_problem(path, self._shard_ids[s], self.manifest.get("samples_per_prompt"))
+        if problem is not None:
+            raise CheckpointError(f"{path} {problem}; run the same command to sample it again")
+        self._handles[s] = _open_shard(path)
+        if len(self._handles) > self.max_open_shards:
+            self._handles.popitem(last=False)
+        return self._handles[s]
+
+
+def _open_shard(path: Path) -> Any:
+    """A memory-mapped view of one shard (nothing is read until a slice is asked for)."""
+    from safetensors import safe_open
+
+    return safe_open(str(path), framework="pt")
+
+
+def shard_problem(path: Path, ids: Sequence[str], samples_per_prompt: int | None) -> str | None:
+    """Why a shard cannot be used (missing, truncated, other prompts or shape), or None.
+
+    The reason reads after the file name: "shard-00003.safetensors is missing".
+    """
+    if not path.is_file():
+        return "is missing"
+    try:
+        handle = _open_shard(path)
+        stored = json.loads((handle.metadata() or {}).get("ids", "null"))
+        shape = handle.get_slice("latents").get_shape()
+    except Exception as exc:  # noqa: BLE001 - safetensors reports a torn file as a header error
+        return f"is unreadable ({exc})"
+    if stored != list(ids):
+        return "holds other prompts than the manifest lists"
+    if shape[0] != len(ids) or (samples_per_prompt is not None and shape[1] != samples_per_prompt):
+        return f"has latents of shape {list(shape)} for {len(ids)} prompts"
+    return None
 
 
 def sample_opponent(
@@ -244,10 +313,12 @@ def sample_opponent(
 ) -> OpponentSamples | None:
     """Generate ``n`` samples per prompt into ``out_dir`` as latent shards plus a manifest.
 
-    Resumable: complete shards are kept, a complete directory is a no-op, and
-    a directory made with other settings or another model is refused. With
-    several processes, shard ``i`` belongs to rank ``i % world_size``; rank 0
-    writes the manifest after ``barrier()``. Returns the samples (all ranks).
+    Resumable: complete shards are kept, a complete directory is a no-op (a
+    missing or truncated shard in it is sampled again), and a directory made
+    with other settings or another model is refused. With several processes,
+    shard ``i`` belongs to rank ``i % world_size``; rank 0 writes the manifest
+    after ``barrier()``. SIGINT/SIGTERM stop it after the current batch with
+    :class:`SamplingInterrupted`. Returns the samples (all ranks).
     """
     import torch
     from safetensors.torch import save_file
@@ -262,10 +333,21 @@ def sample_opponent(
         "seed": seed,
         "sampler": settings.model_dump(mode="json", exclude={"batch_size", "num_previews"}),
     }
+    shards = [(i, s) for i, s in enumerate(range(0, len(ids), settings.shard_size))]
     if (out_dir / MANIFEST).is_file():
         done = json.loads((out_dir / MANIFEST).read_text())
         _check_same(done["identity"], identity, out_dir)
-        return OpponentSamples(out_dir)
+        bad = _bad_shards(out_dir, shards, ids, settings.shard_size, n)
+        if not bad:
+            return OpponentSamples(out_dir)
+        if rank == 0:
+            log.warning(
+                "%s: %s; sampling %s again",
+                out_dir,
+                bad[0][1],
+                "it" if len(bad) == 1 else f"{len(bad)} shards",
+            )
+            (out_dir / MANIFEST).unlink(missing_ok=True)
     out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         settings_path = out_dir / SETTINGS
@@ -279,34 +361,45 @@ def sample_opponent(
     use_scheduler(pipe, settings.scheduler)
     if settings.compile:
         pipe.unet = torch.compile(pipe.unet)
-    shards = [(i, s) for i, s in enumerate(range(0, len(ids), settings.shard_size))]
     mine = [(i, s) for i, s in shards if i % world_size == rank]
-    todo = [(i, s) for i, s in mine if not (out_dir / _shard_name(i)).is_file()]
+    bad = {i for i, _ in _bad_shards(out_dir, mine, ids, settings.shard_size, n)}
+    todo = [(i, s) for i, s in mine if i in bad]
     total = sum(min(settings.shard_size, len(ids) - s) for _, s in todo) * n
     started = time.perf_counter()
-    with tqdm(
-        total=total, desc="sampling opponent", unit="img", disable=not show_progress or rank != 0
-    ) as bar:
+    with (
+        StopFlag() as stop,
+        tqdm(
+            total=total, desc="sampling opponent", unit="img", disable=not show_progress or rank != 0
+        ) as bar,
+    ):
         for i, start in todo:
             shard_ids = list(ids[start : start + settings.shard_size])
             shard_caps = list(captions[start : start + settings.shard_size])
             prompts = [c for c in shard_caps for _ in range(n)]
             seeds = [sample_seed(seed, pid, j) for pid in shard_ids for j in range(n)]
-            lat = generate_latents(
-                pipe,
-                prompts,
-                seeds,
-                num_inference_steps=settings.num_inference_steps,
-                guidance_scale=settings.guidance_scale,
-                eta=settings.eta,
-                batch_size=settings.batch_size,
-                progress=bar,
-            )
+            try:
+                if stop():  # a signal that came while the previous shard was saved
+                    raise SamplingInterrupted("sampling interrupted")
+                lat = generate_latents(
+                    pipe,
+                    prompts,
+                    seeds,
+                    num_inference_steps=settings.num_inference_steps,
+                    guidance_scale=settings.guidance_scale,
+                    eta=settings.eta,
+                    batch_size=settings.batch_size,
+                    progress=bar,
+                    stop=stop,
+                )
+            except SamplingInterrupted:
+                raise SamplingInterrupted(_interrupted_message(out_dir, len(shards))) from None
             if settings.latents == "reencoded":
                 lat = reencode_latents(pipe, lat, settings.batch_size)
             lat = lat.reshape(len(shard_ids), n, *lat.shape[1:]).to(torch.float16).contiguous()
             with atomic_file(out_dir / _shard_name(i)) as tmp:
                 save_file({"latents": lat}, str(tmp), metadata={"ids": json.dumps(shard_ids)})
+        if stop():
+            raise SamplingInterrupted(_interrupted_message(out_dir, len(shards)))
     elapsed = time.perf_counter() - started
     if barrier is not None:
         barrier()
@@ -330,6 +423,27 @@ def sample_opponent(
 
 def _shard_name(index: int) -> str:
     return f"shard-{index:05d}.safetensors"
+
+
+def _bad_shards(
+    out_dir: Path, shards: Sequence[tuple[int, int]], ids: Sequence[str], shard_size: int, n: int
+) -> list[tuple[int, str]]:
+    """The shards (number, reason) that must be sampled (again): missing, truncated or not these prompts."""
+    bad = []
+    for i, start in shards:
+        path = out_dir / _shard_name(i)
+        problem = shard_problem(path, ids[start : start + shard_size], n)
+        if problem is not None:
+            bad.append((i, f"{path.name} {problem}"))
+    return bad
+
+
+def _interrupted_message(out_dir: Path, total: int) -> str:
+    complete = sum(1 for _ in out_dir.glob("shard-*.safetensors"))
+    return (
+        f"interrupted while sampling the opponent; {complete} of {total} shards are complete in {out_dir}; "
+        "run the same command to resume"
+    )
 
 
 def _check_same(saved: dict[str, Any], current: dict[str, Any], out_dir: Path) -> None:
