@@ -96,6 +96,8 @@ def test_u_is_zero_at_the_first_step_for_every_precision_and_reference_path(
     assert first["u_mean"] == pytest.approx(0.0, abs=1e-6)
     assert first["d_real"] == pytest.approx(0.0, abs=1e-9) and first["d_gen"] == pytest.approx(0.0, abs=1e-9)
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    record = json.loads((tmp_path / "runs" / "run" / "iter-1" / "iteration.json").read_text())
+    assert record["world_size"] == 1 and record["global_batch"] == 4  # batch_size 4 x 1 process x 1
 
 
 # --------------------------------------------------------------------------- only what is visited, split, resumable
