@@ -237,3 +237,50 @@ def test_a_lookup_outside_the_precomputed_items_is_an_error(pipe) -> None:
         CheckpointError, match=r"reference_errors.safetensors have no entry for example 4 in epoch 0"
     ):
         ref.errors(missing, torch.zeros(4, 4, 8, 8), torch.zeros(4, 1, 1))
+
+
+@pytest.mark.distributed
+def test_two_processes_split_the_precompute_and_start_at_u_zero(
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
+) -> None:
+    import os
+    import subprocess
+    import sys
+
+    cfg = _config(
+        tmp_path,
+        tiny_pipeline_dir,
+        imagefolder,
+        {"batch_size": 2, "max_steps": 3, "gradient_accumulation_steps": 2, "precompute_reference": True},
+    )
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    launcher = Path(sys.executable).with_name("accelerate")
+    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+    cmd += [
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "spin_diffusion.cli",
+        "train",
+        str(cfg),
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    iter_dir = tmp_path / "runs" / "run" / "iter-1"
+    # 3 steps x 2 accumulation = 6 micro-steps in two chunks: one per rank, both ranks merge them
+    chunks = sorted((iter_dir / "reference_errors").iterdir())
+    assert [p.name for p in chunks] == ["chunk-00000.safetensors", "chunk-00001.safetensors"]
+    from safetensors import safe_open
+
+    for rank, path in enumerate(chunks):
+        with safe_open(str(path), framework="pt") as f:
+            assert f.metadata()["rank"] == str(rank) and f.get_slice("errors").get_shape() == [
+                12,
+                2,
+            ]  # 3 micro-steps x 2 ranks x 2
+    first = json.loads((iter_dir / "train_log.jsonl").read_text().splitlines()[0])
+    assert first["u_mean"] == pytest.approx(0.0, abs=1e-6)
+    record = json.loads((iter_dir / "iteration.json").read_text())
+    assert record["world_size"] == 2 and record["global_batch"] == 8

@@ -157,11 +157,6 @@ def _epoch_permutation(num_examples: int, epoch: int, seed: int) -> torch.Tensor
     )
 
 
-def epochs_needed(num_examples: int, cfg: TrainingConfig, world_size: int) -> int:
-    per_epoch = max(1, num_examples // (cfg.batch_size * world_size))
-    return math.ceil(cfg.max_steps * cfg.accumulation_steps(world_size) / per_epoch)
-
-
 # --------------------------------------------------------------------------- schedule
 
 
@@ -378,7 +373,7 @@ def precompute_reference_errors(
     rank: int = 0,
     barrier: Callable[[], Any] | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-    chunk_micro_steps: int = 64,
+    chunk_micro_steps: int | None = None,
     show_progress: bool = True,
 ) -> torch.Tensor:
     """Reference errors of every item the plan visits (NaN elsewhere), split across ranks, resumable.
@@ -386,7 +381,8 @@ def precompute_reference_errors(
     The plan's micro-steps are cut into chunks; chunk ``c`` is computed by rank
     ``c % world_size`` and written to ``chunk_dir`` on its own, so an interrupted
     precompute redoes only missing chunks. After ``barrier()`` every rank merges
-    all chunks into the dense ``[epochs, N, 2]`` table.
+    all chunks into the dense ``[epochs, N, 2]`` table. Chunks hold at most 64
+    micro-steps, fewer when that is needed to give every rank a share.
     """
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
@@ -399,6 +395,8 @@ def precompute_reference_errors(
         sort_keys=True,
         default=str,
     )
+    if chunk_micro_steps is None:
+        chunk_micro_steps = max(1, min(64, math.ceil(plan.micro_steps / plan.world_size)))
     chunks = _chunk_ranges(plan, chunk_micro_steps)
     todo = [
         (c, s, e)
@@ -419,7 +417,9 @@ def precompute_reference_errors(
             autocast=autocast,
         )
         with atomic_file(chunk_dir / REFERENCE_CHUNK.format(c)) as tmp:
-            save_file(part, str(tmp), metadata={"key": chunk_key, "micro_steps": f"{s}:{e}"})
+            save_file(
+                part, str(tmp), metadata={"key": chunk_key, "micro_steps": f"{s}:{e}", "rank": str(rank)}
+            )
     if barrier is not None:
         barrier()
     return merge_reference_chunks(chunk_dir, chunks, plan)
