@@ -146,9 +146,30 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
     assert [s for s, _ in list_checkpoints(ckpts)] == [1, 2, 4]
 
 
+def _torch_write_failed() -> Exception:
+    return RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+
+@pytest.mark.parametrize(
+    ("error", "nearly_full"),
+    [
+        (lambda: OSError(errno.ENOSPC, "No space left on device"), False),
+        (
+            lambda: Exception(
+                'IoError(Os { code: 28, kind: StorageFull, message: "No space left on device" })'
+            ),
+            False,
+        ),
+        (_torch_write_failed, True),
+    ],
+    ids=["oserror", "safetensors", "torch-save"],
+)
 def test_a_full_disk_during_a_save_is_one_line_and_leaves_no_temporary(
-    pipe, tmp_path: Path, monkeypatch
+    pipe, tmp_path: Path, monkeypatch, error, nearly_full: bool
 ) -> None:
+    import shutil
+    from collections import namedtuple
+
     out = tmp_path / "run"
     stray = out / "checkpoints" / ".step-9.tmp"
     stray.mkdir(parents=True)  # left by an earlier failed save: a re-run cleans it
@@ -157,9 +178,12 @@ def test_a_full_disk_during_a_save_is_one_line_and_leaves_no_temporary(
     def full_disk(path: str) -> None:
         Path(path).mkdir(parents=True, exist_ok=True)
         (Path(path) / "model.safetensors").write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise error()
 
     monkeypatch.setattr(trainer.acc, "save_state", full_disk)
+    if nearly_full:
+        usage = namedtuple("usage", "total used free")
+        monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
     with pytest.raises(UserError, match="disk full") as info:
         trainer.train()
     message = str(info.value)
@@ -167,3 +191,24 @@ def test_a_full_disk_during_a_save_is_one_line_and_leaves_no_temporary(
     assert not stray.exists()
     assert not list((out / "checkpoints").glob(".step-*"))  # the partial save was removed
     assert list_checkpoints(out / "checkpoints") == []
+
+
+def test_another_save_failure_is_not_called_a_full_disk_and_leaves_no_temporary(
+    pipe, tmp_path: Path, monkeypatch
+) -> None:
+    import shutil
+    from collections import namedtuple
+
+    out = tmp_path / "run"
+    trainer = _trainer(pipe, out, CFG.model_copy(update={"max_steps": 2}))
+
+    def broken(path: str) -> None:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        raise _torch_write_failed()  # with plenty of free space: not a full disk
+
+    monkeypatch.setattr(trainer.acc, "save_state", broken)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10 * 2**30, 2**30, 9 * 2**30))
+    with pytest.raises(RuntimeError, match="file write failed"):
+        trainer.train()
+    assert not list((out / "checkpoints").glob(".step-*"))

@@ -593,14 +593,35 @@ def remove_stray_temporaries(ckpt_root: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _is_disk_full(exc: BaseException) -> bool:
-    """ENOSPC/EDQUOT anywhere in the chain (torch.save reports it as a RuntimeError around it)."""
+_DISK_FULL_WORDS = ("No space left", "StorageFull", "Disk quota exceeded")
+
+
+def _is_disk_full(exc: BaseException, where: Path) -> bool:
+    """Whether a failed save ran out of disk (call before the partial files are removed).
+
+    An OSError says so by errno. safetensors and torch.save wrap the OS error in
+    their own exceptions: safetensors keeps the OS text, torch.save only says
+    "file write failed", so that one counts when the disk is nearly full.
+    """
     seen: BaseException | None = exc
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
             return True
+        text = str(seen)
+        if any(word in text for word in _DISK_FULL_WORDS):
+            return True
+        if "write failed" in text and _nearly_full(where):
+            return True
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def _nearly_full(where: Path) -> bool:
+    try:
+        usage = shutil.disk_usage(where)
+    except OSError:
+        return False
+    return usage.free < max(256 * 2**20, usage.total // 100)
 
 
 def truncate_log(path: Path, step: int) -> None:
@@ -720,9 +741,10 @@ class Trainer:
         self.acc.wait_for_everyone()
         try:
             self._write_checkpoint(tmp)
-        except (OSError, RuntimeError) as exc:
+        except Exception as exc:  # any failure: no partial save may stay behind
+            full = _is_disk_full(exc, self.ckpt_root)
             shutil.rmtree(tmp, ignore_errors=True)
-            if _is_disk_full(exc):
+            if full:
                 raise UserError(self._disk_full_message(final)) from None
             raise
         if self.acc.is_main_process:
