@@ -53,12 +53,12 @@ def _fresh_accelerator_state():
     AcceleratorState._reset_state(reset_partial_state=True)
 
 
-def _config(tmp_path: Path, pipeline: Path, data: Path, training: dict) -> Path:
+def _config(tmp_path: Path, pipeline: Path, data: Path, training: dict, lora: bool = False) -> Path:
     cfg = {
         "name": "run",
         "output_dir": str(tmp_path / "runs"),
         "method": "spin",
-        "model": {"pretrained": str(pipeline)},
+        "model": {"pretrained": str(pipeline), "lora": {"enabled": lora, "rank": 2}},
         "data": {"source": "imagefolder", "path": str(data), "resolution": 16},
         "sampling": {"num_inference_steps": 2, "guidance_scale": 2.0, "batch_size": 8, "num_previews": 0},
         "training": {
@@ -79,10 +79,12 @@ def _config(tmp_path: Path, pipeline: Path, data: Path, training: dict) -> Path:
 
 # fp16 autocast is not available on CPU: accelerate turns native AMP off there, so "fp16" runs in fp32
 # on this machine (covered, but it does not exercise fp16 arithmetic; a GPU run would).
+# The reference is a frozen copy (full fine-tuning) or the trained UNet with adapters off (LoRA).
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
 @pytest.mark.parametrize("precompute", [False, True], ids=["live", "precomputed"])
 @pytest.mark.parametrize("precision", ["no", "bf16", "fp16"])
 def test_u_is_zero_at_the_first_step_for_every_precision_and_reference_path(
-    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path, precision: str, precompute: bool
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path, precision: str, precompute: bool, lora: bool
 ) -> None:
     """At theta == theta_k the model's and the reference's errors must be the same numbers."""
     cfg = _config(
@@ -90,6 +92,7 @@ def test_u_is_zero_at_the_first_step_for_every_precision_and_reference_path(
         tiny_pipeline_dir,
         imagefolder,
         {"mixed_precision": precision, "precompute_reference": precompute},
+        lora=lora,
     )
     assert main(["train", str(cfg)]) == 0
     first = json.loads((tmp_path / "runs" / "run" / "iter-1" / "train_log.jsonl").read_text().splitlines()[0])
