@@ -39,7 +39,9 @@ def train(config: ConfigArg, set_: SetOpt = None) -> None:
     from spin_diffusion.selfplay import run
 
     cfg = load_config(config, set_)
-    run(cfg)
+    results = run(cfg)
+    done = len(results.get("iterations", []))
+    typer.echo(f"finished {done} iteration(s) of {cfg.run_dir}; results: {cfg.run_dir / 'results.md'}")
 
 
 @app.command("show-config")
@@ -99,8 +101,28 @@ def _click_exception_types() -> tuple[tuple[type[BaseException], ...], tuple[typ
     return tuple(usage), tuple(abort)
 
 
+def configure_console() -> None:
+    """Our own messages and one progress bar per stage; library chatter is turned down.
+
+    Set before transformers/diffusers are imported (the commands import them
+    lazily), which is when those libraries read their verbosity.
+    """
+    import logging
+    import os
+
+    for var, value in (("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error")):
+        os.environ.setdefault(var, value)
+    logger = logging.getLogger("spin_diffusion")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and a non-zero exit code."""
+    configure_console()
     usage_errors, aborts = _click_exception_types()
     try:
         rc = app(args=argv, standalone_mode=False)

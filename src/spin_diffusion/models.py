@@ -76,7 +76,8 @@ def load_pipeline(
         source = name
         kwargs.update(safety_checker=None, requires_safety_checker=False)
     try:
-        pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
+        with quiet_loading():
+            pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         if source == name and not path.exists():
             raise CheckpointError(
@@ -91,6 +92,28 @@ def load_pipeline(
         load_trained_into(pipe, trained)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+@contextlib.contextmanager
+def quiet_loading() -> Iterator[None]:
+    """No "Loading pipeline components" / "Loading weights" bars for a model load that takes a second.
+
+    Both libraries' bars are switched off only for the load and restored after,
+    so a caller's own use of diffusers or transformers is left as it was.
+    """
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    d_on, t_on = dlogging.is_progress_bar_enabled(), tlogging.is_progress_bar_enabled()
+    dlogging.disable_progress_bar()
+    tlogging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if d_on:
+            dlogging.enable_progress_bar()
+        if t_on:
+            tlogging.enable_progress_bar()
 
 
 def load_lora_into(pipe: DiffusionPipeline, lora_path: str | os.PathLike[str]) -> None:

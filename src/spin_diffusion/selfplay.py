@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 import time
 from dataclasses import dataclass
@@ -17,13 +18,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.atomic import atomic_file, write_json_atomic, write_text_atomic
-from spin_diffusion.config import RunConfig, dump_config, identity_changes, validate_config
+from spin_diffusion.config import RunConfig
 from spin_diffusion.errors import ConfigError
+from spin_diffusion.rundir import (
+    ITERATION_DONE,
+    check_data_unchanged,
+    check_resumable,
+    iteration_done,
+    record_data,
+    run_lock,
+    write_run_config,
+)
 
 if TYPE_CHECKING:
     import torch
 
-ITERATION_DONE = "iteration.json"
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- training data
@@ -83,35 +93,6 @@ def _coin(rng: torch.Generator, enabled: bool) -> bool:
     return enabled and bool(torch.rand(1, generator=rng) < 0.5)
 
 
-# --------------------------------------------------------------------------- run directory
-
-
-def prepare_run_dir(cfg: RunConfig, is_main: bool) -> Path:
-    """Create the run directory or check that resuming it will not mix incompatible results."""
-    import yaml
-
-    run_dir = cfg.run_dir
-    saved_path = run_dir / "config.yaml"
-    if saved_path.is_file():
-        saved = validate_config(yaml.safe_load(saved_path.read_text()), str(saved_path))
-        changed = identity_changes(saved, cfg)
-        if changed:
-            raise ConfigError(
-                f"{run_dir} was started with a different {', '.join(changed)}; "
-                "use a new run name (or delete the run directory) instead of mixing results"
-            )
-        if len(cfg.iterations) < len(saved.iterations) and _iteration_done(run_dir, len(cfg.iterations) + 1):
-            raise ConfigError(f"{run_dir} already has more iterations than this config asks for")
-    if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(saved_path, dump_config(cfg))
-    return run_dir
-
-
-def _iteration_done(run_dir: Path, k: int) -> bool:
-    return (run_dir / f"iter-{k}" / ITERATION_DONE).is_file()
-
-
 # --------------------------------------------------------------------------- models
 
 
@@ -133,12 +114,12 @@ def merged_copy(unet: Any) -> Any:
     return clone
 
 
-def load_iteration_unet(base_unet: Any, pipe: Any, model_dir: Path) -> Any:
+def load_iteration_unet(template: Any, pipe: Any, model_dir: Path) -> Any:
     """theta_k from a finished iteration's ``model/`` directory, as a plain (merged) UNet."""
     from spin_diffusion.models import load_trained_into
 
     original = pipe.unet
-    pipe.unet = copy.deepcopy(base_unet)
+    pipe.unet = copy.deepcopy(template)
     try:
         load_trained_into(pipe, model_dir)
         if getattr(pipe.unet, "peft_config", None):
@@ -156,33 +137,70 @@ def load_iteration_unet(base_unet: Any, pipe: Any, model_dir: Path) -> Any:
 
 
 def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) every iteration the config asks for; returns the results summary."""
+    """Run (or resume) every iteration the config asks for; returns the results summary.
+
+    Model, data, LoRA targets and scorers are checked before anything is
+    written into the run directory, so a failed start leaves no trace that
+    would make the corrected config look like "a different run".
+    """
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from spin_diffusion.data.latents import ensure_latent_cache
-    from spin_diffusion.models import fingerprint_module, load_pipeline, training_scheduler
+    from spin_diffusion.data.latents import latent_cache_key
+    from spin_diffusion.models import check_lora_targets, load_pipeline
 
+    check_resumable(cfg)
     accelerator = Accelerator(
         mixed_precision=cfg.training.mixed_precision,
         log_with=_trackers(cfg.training.trackers),
         project_dir=str(cfg.run_dir / "logs"),
     )
     set_seed(cfg.seed)
-    run_dir = prepare_run_dir(cfg, accelerator.is_main_process)
-    accelerator.wait_for_everyone()
-    started = time.time()
-
     pipe = load_pipeline(cfg.model.pretrained, revision=cfg.model.revision)
+    data_cfg = cfg.data_config()
+    data_record = {
+        "latent_cache_key": latent_cache_key(data_cfg, pipe.vae, pairs=cfg.method == "dpo"),
+        "data_path": str(data_cfg.path),
+    }
+    if cfg.model.lora.enabled:
+        check_lora_targets(pipe.unet, cfg.model.lora.target_modules)
+    eval_cfg = cfg.evaluation_config()
+    if eval_cfg is not None and accelerator.is_main_process:
+        from spin_diffusion.evaluation.runner import check_scorers
+
+        check_scorers(eval_cfg)
+
+    with run_lock(cfg.run_dir, enabled=accelerator.is_main_process):
+        if accelerator.is_main_process:
+            check_data_unchanged(cfg.run_dir, data_record)
+            write_run_config(cfg)
+            record_data(cfg.run_dir, data_record)
+        accelerator.wait_for_everyone()
+        return _run_locked(cfg, accelerator, pipe, data_cfg, data_record, show_progress)
+
+
+def _run_locked(
+    cfg: RunConfig,
+    accelerator: Any,
+    pipe: Any,
+    data_cfg: Any,
+    data_record: dict[str, Any],
+    show_progress: bool,
+) -> dict[str, Any]:
+    """The iterations, with the run directory locked and its config and data recorded."""
+    from spin_diffusion.data.latents import ensure_latent_cache
+    from spin_diffusion.models import fingerprint_module, training_scheduler
+    from spin_diffusion.tokens import warn_caption_tokens
+
+    run_dir = cfg.run_dir
+    started = time.time()
     for part in (pipe.vae, pipe.text_encoder):
         part.requires_grad_(False)
         part.eval()
     pipe.to(accelerator.device)
-    base_unet = pipe.unet
-    base_unet.requires_grad_(False)
-    base_fp = fingerprint_module(base_unet)
+    pipe.unet.requires_grad_(False)
+    base_fp = fingerprint_module(pipe.unet)
     noise_scheduler = training_scheduler(pipe)
-    data_cfg = cfg.data_config()
     with accelerator.main_process_first():
         cache = ensure_latent_cache(
             data_cfg,
@@ -193,16 +211,21 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         )
     if len(cache) == 0:
         raise ConfigError(f"data source {data_cfg.path} has no usable examples")
+    if accelerator.is_main_process:
+        warn_caption_tokens(pipe.tokenizer, cache.captions, log)
 
-    opponent, opponent_fp = base_unet, base_fp  # theta_0
+    # theta_0. Only the current opponent is kept (no separate copy of the base): memory stays the
+    # same in every iteration, and theta_{k-1} is the template a finished iteration's model loads into
+    # (iteration 1's LoRA file is relative to the base, and then theta_0 is the current opponent).
+    opponent, opponent_fp = pipe.unet, base_fp
     history: list[dict[str, Any]] = []
     if accelerator.is_main_process:
         accelerator.init_trackers(cfg.name)
     for k in range(1, len(cfg.iterations) + 1):
         iter_dir = run_dir / f"iter-{k}"
-        if _iteration_done(run_dir, k):
+        if iteration_done(run_dir, k):
             summary = json.loads((iter_dir / ITERATION_DONE).read_text())
-            opponent = load_iteration_unet(base_unet, pipe, iter_dir / "model")
+            opponent = load_iteration_unet(opponent, pipe, iter_dir / "model")
             opponent_fp = summary["model_fingerprint"]  # as recorded when theta_k was made
             history.append(summary)
             continue
@@ -212,7 +235,6 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
             k,
             accelerator,
             pipe,
-            base_unet,
             opponent,
             opponent_fp,
             noise_scheduler,
@@ -222,6 +244,10 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         )
         history.append(summary)
         opponent, opponent_fp = summary.pop("_next_opponent"), summary["model_fingerprint"]
+        summary["data_fingerprint"] = data_record["latent_cache_key"]
+        # Forget this iteration's prepared model and optimizer: otherwise the next iteration's
+        # checkpoints hold them too (and resume loads the wrong weights) and memory grows per iteration.
+        accelerator.free_memory()
         if accelerator.is_main_process:
             write_json_atomic(iter_dir / ITERATION_DONE, summary)
             if not cfg.training_for(k).keep_checkpoints:
@@ -262,7 +288,6 @@ def _run_iteration(
     k: int,
     accelerator: Any,
     pipe: Any,
-    base_unet: Any,
     opponent: Any,
     opponent_fp: str,
     noise_scheduler: Any,
@@ -308,7 +333,6 @@ def _run_iteration(
             barrier=accelerator.wait_for_everyone,
             show_progress=show_progress,
         )
-        pipe.unet = base_unet
         data = SelfPlayData(cache, flip=data_cfg.random_flip, samples=samples)
     elif cfg.method == "dpo":
         data = PreferenceData(cache, flip=data_cfg.random_flip)
@@ -328,7 +352,11 @@ def _run_iteration(
             reference = ModuleReference(unet, noise_scheduler, disable_adapters=True)
         else:
             ref_dtype = _torch_dtype(cfg.model.reference_dtype)
-            reference = ModuleReference(frozen_copy(opponent, ref_dtype), noise_scheduler)
+            # the opponent is frozen already: it is the reference unless a lower precision is asked for
+            same = ref_dtype == next(opponent.parameters()).dtype
+            reference = ModuleReference(
+                opponent if same else frozen_copy(opponent, ref_dtype), noise_scheduler
+            )
     caption_dropout = getattr(data_cfg, "caption_dropout", 0.0)
     if reference is not None and train_cfg.precompute_reference:
         # only the micro-batches this iteration's steps run, split across ranks, under training's autocast

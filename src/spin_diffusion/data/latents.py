@@ -151,6 +151,16 @@ def _key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
+def latent_cache_key(cfg: DataConfig, vae: Any, pairs: bool = False) -> str:
+    """The fingerprint of the cache ``cfg`` and ``vae`` would give, without building it.
+
+    It changes with the source files, the VAE and every transform setting;
+    cheap (file sizes and times, not contents), and a missing ``data.path``
+    is reported here as a one-line DataError.
+    """
+    return _key(_settings(cfg, vae, pairs))
+
+
 def _slots(pairs: bool, flips: bool) -> list[str]:
     base = ["win", "lose"] if pairs else ["latents"]
     return base + [f"{s}_flip" for s in base] if flips else base
