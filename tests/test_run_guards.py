@@ -215,3 +215,17 @@ def test_a_failed_start_writes_nothing_into_the_run_directory(
         assert "error:" in capsys.readouterr().err
         assert not run_dir.exists()
     assert main(["train", str(_write(tmp_path, raw))]) == 0  # the corrected config is not "a different run"
+
+
+def test_a_global_batch_that_does_not_fit_is_refused_before_any_work(
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
+) -> None:
+    raw = _raw(tmp_path, tiny_pipeline_dir, imagefolder, iterations=2)
+    raw["training"]["global_batch_size"] = 12
+    raw["iterations"] = [{"beta": 500}, {"beta": 500}]
+    raw["training"]["batch_size"] = 4
+    cfg = validate_config(raw)
+    cfg = cfg.model_copy(update={"training": cfg.training.model_copy(update={"batch_size": 5})})
+    with pytest.raises(ConfigError, match="global_batch_size"):
+        run(cfg, show_progress=False)
+    assert not cfg.run_dir.exists()

@@ -156,6 +156,8 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         project_dir=str(cfg.run_dir / "logs"),
     )
     set_seed(cfg.seed)
+    for k in range(1, len(cfg.iterations) + 1):  # a global batch that does not fit this launch
+        cfg.training_for(k).accumulation_steps(accelerator.num_processes)
     pipe = load_pipeline(cfg.model.pretrained, revision=cfg.model.revision)
     data_cfg = cfg.data_config()
     data_record = {
