@@ -8,32 +8,14 @@ import logging
 from pathlib import Path
 
 import pytest
-import torch
 
 from spin_diffusion.config import TrainingConfig
 from spin_diffusion.errors import UserError
 from spin_diffusion.models import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
 from spin_diffusion.training import ModuleReference, Trainer, list_checkpoints
+from synthetic_pairs import SyntheticPairs
 
 CAPTIONS = ["a red circle", "a blue square", "a green circle", "a red square"]
-
-
-class Pairs:
-    paired = True
-
-    def __init__(self) -> None:
-        gen = torch.Generator().manual_seed(0)
-        self.a = torch.randn(len(CAPTIONS), 4, 8, 8, generator=gen)
-        self.b = torch.randn(len(CAPTIONS), 4, 8, 8, generator=gen)
-
-    def __len__(self) -> int:
-        return len(CAPTIONS)
-
-    def caption(self, index: int) -> str:
-        return CAPTIONS[index]
-
-    def latents(self, index: int, epoch: int, rng: torch.Generator):
-        return self.a[index], self.b[index]
 
 
 CFG = TrainingConfig(
@@ -66,7 +48,7 @@ def _trainer(pipe, out_dir: Path, cfg: TrainingConfig = CFG) -> Trainer:
         noise_scheduler=sched,
         text_encoder=pipe.text_encoder,
         tokenizer=pipe.tokenizer,
-        data=Pairs(),
+        data=SyntheticPairs(CAPTIONS),
         reference=ModuleReference(frozen_copy(pipe.unet), sched),
         out_dir=out_dir,
         seed=5,

@@ -25,6 +25,7 @@ from spin_diffusion.training import (
     micro_batch_items,
     precompute_reference_errors,
 )
+from synthetic_pairs import SyntheticPairs
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 
@@ -105,35 +106,6 @@ def test_u_is_zero_at_the_first_step_for_every_precision_and_reference_path(
 
 # --------------------------------------------------------------------------- only what is visited, split, resumable
 
-CAPTIONS = [
-    "a red circle",
-    "a blue square",
-    "a green circle",
-    "a red square",
-    "a blue circle",
-    "a green square",
-]
-
-
-class Pairs:
-    """Six examples with fixed random 'real' and 'generated' latents."""
-
-    paired = True
-
-    def __init__(self) -> None:
-        gen = torch.Generator().manual_seed(0)
-        self.a = torch.randn(len(CAPTIONS), 4, 8, 8, generator=gen)
-        self.b = torch.randn(len(CAPTIONS), 4, 8, 8, generator=gen)
-
-    def __len__(self) -> int:
-        return len(CAPTIONS)
-
-    def caption(self, index: int) -> str:
-        return CAPTIONS[index]
-
-    def latents(self, index: int, epoch: int, rng: torch.Generator):
-        return self.a[index], self.b[index]
-
 
 class CountingReference:
     """A ModuleReference that counts the examples it is asked about."""
@@ -154,7 +126,7 @@ def pipe(tiny_pipeline_dir: Path):
 def _precompute(pipe, reference, plan: ReferencePlan, chunk_dir: Path, rank: int = 0, chunk: int = 1):
     return precompute_reference_errors(
         reference,
-        Pairs(),
+        SyntheticPairs(),
         pipe.text_encoder,
         pipe.tokenizer,
         plan=plan,
@@ -169,7 +141,7 @@ def _precompute(pipe, reference, plan: ReferencePlan, chunk_dir: Path, rank: int
 
 
 def _live(pipe, reference: ModuleReference, items) -> torch.Tensor:
-    batch = make_batch(Pairs(), items, seed=3, num_train_timesteps=1000)
+    batch = make_batch(SyntheticPairs(), items, seed=3, num_train_timesteps=1000)
     emb = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions)
     err = reference.errors(batch, torch.cat([batch.latents_a, batch.latents_b]), emb.repeat(2, 1, 1))
     return torch.stack([err[: len(items)], err[len(items) :]], dim=1)
@@ -233,9 +205,9 @@ def test_a_lookup_outside_the_precomputed_items_is_an_error(pipe) -> None:
     table = torch.full((1, 6, 2), float("nan"))
     table[0, 2] = torch.tensor([0.5, 0.25])
     ref = PrecomputedReference(table, source="iter-1/reference_errors.safetensors")
-    ok = make_batch(Pairs(), [(2, 0)], seed=3, num_train_timesteps=1000)
+    ok = make_batch(SyntheticPairs(), [(2, 0)], seed=3, num_train_timesteps=1000)
     assert ref.errors(ok, torch.zeros(2, 4, 8, 8), torch.zeros(2, 1, 1)).tolist() == [0.5, 0.25]
-    missing = make_batch(Pairs(), [(2, 0), (4, 0)], seed=3, num_train_timesteps=1000)
+    missing = make_batch(SyntheticPairs(), [(2, 0), (4, 0)], seed=3, num_train_timesteps=1000)
     with pytest.raises(
         CheckpointError, match=r"reference_errors.safetensors have no entry for example 4 in epoch 0"
     ):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -25,39 +24,7 @@ from spin_diffusion.training import (
     micro_batch_items,
     precompute_reference_errors,
 )
-
-CAPTIONS = [
-    "a red circle",
-    "a blue square",
-    "a green circle",
-    "a red square",
-    "a blue circle",
-    "a green square",
-]
-
-
-@dataclass
-class SyntheticPairs:
-    """Six examples with fixed random 'real' and 'generated' latents."""
-
-    poison_from_epoch: int | None = None
-    paired: bool = True
-
-    def __post_init__(self) -> None:
-        gen = torch.Generator().manual_seed(0)
-        self.a = torch.randn(len(CAPTIONS), 4, 8, 8, generator=gen)
-        self.b = torch.randn(len(CAPTIONS), 4, 8, 8, generator=gen)
-
-    def __len__(self) -> int:
-        return len(CAPTIONS)
-
-    def caption(self, index: int) -> str:
-        return CAPTIONS[index]
-
-    def latents(self, index: int, epoch: int, rng: torch.Generator):
-        if self.poison_from_epoch is not None and epoch >= self.poison_from_epoch:
-            return torch.full_like(self.a[index], float("nan")), self.b[index]
-        return self.a[index], self.b[index]
+from synthetic_pairs import SyntheticPairs
 
 
 def _accelerator():

@@ -6,7 +6,6 @@ transformers load when the job runs.
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated
 
@@ -20,12 +19,6 @@ def evaluate_command(
     from spin_diffusion.evaluation.config import load_job_config
 
     job = load_job_config(config)
-    logger = logging.getLogger("spin_diffusion.evaluation")
-    if not logger.handlers:
-        handler = logging.StreamHandler()
-        handler.setFormatter(logging.Formatter("[evaluate] %(message)s"))
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
     from spin_diffusion.evaluation.runner import evaluate_models
 
     results = evaluate_models(
