@@ -173,8 +173,8 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         check_scorers(eval_cfg)
 
     with run_lock(cfg.run_dir, enabled=accelerator.is_main_process):
+        check_data_unchanged(cfg.run_dir, data_record)  # read-only: every rank stops alike
         if accelerator.is_main_process:
-            check_data_unchanged(cfg.run_dir, data_record)
             write_run_config(cfg)
             record_data(cfg.run_dir, data_record)
         accelerator.wait_for_everyone()
