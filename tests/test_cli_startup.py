@@ -36,3 +36,16 @@ def test_config_error_is_one_line_and_fast(tmp_path) -> None:
     assert len(errors) == 1 and "data" in errors[0] and "resolution" in errors[0]
     imported = {line.split("|")[-1].strip().split(".")[0] for line in out.stderr.splitlines() if "|" in line}
     assert not imported & set(HEAVY)
+
+
+def test_a_model_loading_command_shows_our_output_not_library_chatter() -> None:
+    """No "Loading pipeline components"/"Loading weights" bars, no transformers fallback warnings."""
+    out = subprocess.run(
+        [sys.executable, "-m", "spin_diffusion.cli", "toy", "evaluate", "base", "--n-prompts", "2",
+         "--images-per-prompt", "1", "--steps", "2"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert '"fidelity"' in out.stdout
+    for noise in ("Loading pipeline components", "Loading weights", "[transformers]", "torchvision"):
+        assert noise not in out.stderr, out.stderr
