@@ -12,6 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
+from launch import train_two_processes
 from spin_diffusion.cli import main
 from spin_diffusion.config import TrainingConfig
 from spin_diffusion.errors import CheckpointError
@@ -218,31 +219,13 @@ def test_a_lookup_outside_the_precomputed_items_is_an_error(pipe) -> None:
 def test_two_processes_split_the_precompute_and_start_at_u_zero(
     tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
 ) -> None:
-    import os
-    import subprocess
-    import sys
-
     cfg = _config(
         tmp_path,
         tiny_pipeline_dir,
         imagefolder,
         {"batch_size": 2, "max_steps": 3, "gradient_accumulation_steps": 2, "precompute_reference": True},
     )
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    launcher = Path(sys.executable).with_name("accelerate")
-    cmd = [str(launcher), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
-    cmd += [
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "spin_diffusion.cli",
-        "train",
-        str(cfg),
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_two_processes(cfg)
     iter_dir = tmp_path / "runs" / "run" / "iter-1"
     # 3 steps x 2 accumulation = 6 micro-steps in two chunks: one per rank, both ranks merge them
     chunks = sorted((iter_dir / "reference_errors").iterdir())

@@ -16,6 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from launch import train_two_processes
 from spin_diffusion.cli import main
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
@@ -279,29 +280,7 @@ def test_two_process_data_parallel_training(
     cfg = _config(
         tmp_path, tiny_pipeline_dir, {"source": "imagefolder", "path": str(imagefolder)}, iterations=[{}]
     )
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-    launcher = Path(sys.executable).with_name("accelerate")
-    cmd = [
-        str(launcher),
-        "launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "-m",
-        "spin_diffusion.cli",
-        "train",
-        str(cfg),
-        "--set",
-        "training.batch_size=2",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    train_two_processes(cfg, "--set", "training.batch_size=2")
     summary = json.loads((tmp_path / "runs" / "run" / "iter-1" / "train_summary.json").read_text())
     assert summary["world_size"] == 2
     assert len(summary["rank_fingerprints"]) == 2 and len(set(summary["rank_fingerprints"])) == 1
