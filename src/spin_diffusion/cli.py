@@ -58,7 +58,7 @@ def demo(
     iterations: Annotated[int, typer.Option(min=1, help="self-play iterations")] = 3,
     quick: Annotated[bool, typer.Option(help="a much smaller run, for smoke tests")] = False,
 ) -> None:
-    """Self-play fine-tune the shipped toy model and print the table of results."""
+    """Base, SFT, DPO and SPIN iterations on the toy world (the short reproduction); prints the table."""
     from spin_diffusion.demo import run_demo
 
     run_demo(output_dir=output_dir, iterations=iterations, quick=quick)
