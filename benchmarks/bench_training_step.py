@@ -14,10 +14,13 @@ import argparse
 import torch
 from _common import best_of, model_dir
 
+from spin_diffusion.batches import Batch
+from spin_diffusion.conditioning import encode_prompts
 from spin_diffusion.config import TrainingConfig
+from spin_diffusion.losses import compute_loss
 from spin_diffusion.models import frozen_copy, load_pipeline, prediction_error, training_scheduler
 from spin_diffusion.objectives import spin_loss
-from spin_diffusion.training import Batch, ModuleReference, PrecomputedReference, compute_loss, encode_prompts
+from spin_diffusion.reference import ModuleReference, PrecomputedReference
 
 
 def main() -> None:

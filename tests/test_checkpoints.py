@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from spin_diffusion.checkpoints import list_checkpoints
 from spin_diffusion.config import TrainingConfig
 from spin_diffusion.errors import UserError
 from spin_diffusion.models import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
-from spin_diffusion.training import ModuleReference, Trainer, list_checkpoints
+from spin_diffusion.reference import ModuleReference
+from spin_diffusion.training import Trainer
 from synthetic_pairs import SyntheticPairs
 
 CAPTIONS = ["a red circle", "a blue square", "a green circle", "a red square"]

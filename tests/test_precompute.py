@@ -13,17 +13,16 @@ import yaml
 from PIL import Image
 
 from launch import train_two_processes
+from spin_diffusion.batches import make_batch, micro_batch_items
 from spin_diffusion.cli import main
+from spin_diffusion.conditioning import encode_prompts
 from spin_diffusion.config import TrainingConfig
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.models import frozen_copy, load_pipeline, training_scheduler
-from spin_diffusion.training import (
+from spin_diffusion.reference import (
     ModuleReference,
     PrecomputedReference,
     ReferencePlan,
-    encode_prompts,
-    make_batch,
-    micro_batch_items,
     precompute_reference_errors,
 )
 from synthetic_pairs import SyntheticPairs

@@ -8,22 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from spin_diffusion.batches import make_batch, micro_batch_items
+from spin_diffusion.checkpoints import list_checkpoints
+from spin_diffusion.conditioning import encode_prompts
 from spin_diffusion.config import TrainingConfig
+from spin_diffusion.losses import compute_loss
 from spin_diffusion.models import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
-from spin_diffusion.training import (
+from spin_diffusion.reference import (
     ModuleReference,
     PrecomputedReference,
     ReferencePlan,
-    Trainer,
-    TrainingDiverged,
-    compute_loss,
-    encode_prompts,
-    list_checkpoints,
-    lr_factor,
-    make_batch,
-    micro_batch_items,
     precompute_reference_errors,
 )
+from spin_diffusion.training import Trainer, TrainingDiverged, lr_factor
 from synthetic_pairs import SyntheticPairs
 
 

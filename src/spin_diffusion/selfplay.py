@@ -304,15 +304,14 @@ def _run_iteration(
         frozen_copy,
         save_trained_unet,
     )
-    from spin_diffusion.sampling import sample_opponent
-    from spin_diffusion.training import (
+    from spin_diffusion.reference import (
         ModuleReference,
         PrecomputedReference,
         ReferencePlan,
-        Trainer,
         precompute_reference_errors,
-        write_summary,
     )
+    from spin_diffusion.sampling import sample_opponent
+    from spin_diffusion.training import Trainer, write_summary
 
     train_cfg = cfg.training_for(k)
     data_cfg = cfg.data_config()
