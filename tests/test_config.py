@@ -99,3 +99,16 @@ def test_configuration_docs_match_the_code() -> None:
     assert config_reference_markdown() in docs, (
         "regenerate docs/configuration.md from config_reference_markdown()"
     )
+
+
+def test_dpo_family_settings_are_validated_and_carried_per_iteration() -> None:
+    cfg = validate_config({**BASE, "method": "dmpo", "training": {"dmpo": {"alpha": 0.05}}})
+    assert cfg.training_for(1).dmpo.alpha == 0.05 and cfg.training_for(1).kto.lambda_desirable == 1.0
+    with pytest.raises(ConfigError, match=r"training\.dmpo\.alpha"):
+        validate_config({**BASE, "method": "dmpo", "training": {"dmpo": {"alpha": 1.0}}})
+    with pytest.raises(ConfigError, match=r"training\.see_dpo\.gamma"):
+        validate_config({**BASE, "method": "see-dpo", "training": {"see_dpo": {"gamma": 1.0}}})
+    with pytest.raises(ConfigError, match="precompute_reference: inversion-dpo"):
+        validate_config({**BASE, "method": "inversion-dpo", "training": {"precompute_reference": True}})
+    with pytest.raises(ConfigError, match="trains once"):
+        validate_config({**BASE, "method": "kto", "iterations": [{}, {}]})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import signal
 import subprocess
@@ -308,3 +309,43 @@ def test_lora_self_play_and_precomputed_reference(
     results = json.loads((run / "results.json").read_text())
     it1, it2 = results["iterations"]
     assert it2["opponent_fingerprint"] == it1["model_fingerprint"]
+
+
+FAMILY = ["dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo"]
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+@pytest.mark.parametrize("method", FAMILY)
+def test_dpo_family_methods_train(
+    tmp_path: Path, tiny_pipeline_dir: Path, pickapic: Path, method: str, lora: bool
+) -> None:
+    """Every Diffusion-DPO-family objective runs through `train` on preference pairs, full FT and LoRA."""
+    model = {"pretrained": str(tiny_pipeline_dir), "lora": {"enabled": lora, "rank": 2}}
+    cfg = _config(
+        tmp_path,
+        tiny_pipeline_dir,
+        {"source": "pickapic", "path": str(pickapic)},
+        method=method,
+        iterations=[{"beta": 1000}],
+        model=model,
+    )
+    assert main(["train", str(cfg), "--set", "training.inversion.steps=2"]) == 0
+    run = tmp_path / "runs" / "run"
+    model_dir = run / "iter-1" / "model"
+    weights = "pytorch_lora_weights.safetensors" if lora else "unet"
+    assert (model_dir / weights).exists()
+    _sample_ok(_plain_pipeline(tiny_pipeline_dir, model_dir))
+    log = [json.loads(line) for line in (run / "iter-1" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 2 and all(math.isfinite(r["loss"]) for r in log)
+    # theta == reference at the first step: DPO-like objectives sit at log 2 (KTO at 1/2, DMPO at
+    # KL(1/2 || 0.99)), so the logged loss is the method's own objective; SEE-DPO's entropy term
+    # -gamma (m_w - m_l) is already non-zero there, so it must differ from log 2
+    first = {
+        "dmpo": 0.5 * math.log(0.5 / 0.99) + 0.5 * math.log(0.5 / 0.01),
+        "kto": 0.5,
+    }.get(method, math.log(2))
+    if method == "see-dpo":
+        assert abs(log[0]["loss"] - first) > 1e-3
+    else:
+        assert log[0]["loss"] == pytest.approx(first, abs=1e-3)
+    assert json.loads((run / "results.json").read_text())["method"] == method

@@ -25,7 +25,11 @@ from pydantic import (
 
 from spin_diffusion.errors import ConfigError
 
-Method = Literal["sft", "dpo", "spin"]
+Method = Literal["sft", "dpo", "spin", "dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo"]
+# Methods that train once on preference pairs against the frozen base (docs/methods.md).
+PREFERENCE_METHODS: frozenset[str] = frozenset(
+    {"dpo", "dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo"}
+)
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -172,6 +176,47 @@ class SamplingConfig(Strict):
     )
 
 
+class DmpoConfig(Strict):
+    """DMPO: reverse KL to a target preference probability (method: dmpo; docs/methods.md)."""
+
+    alpha: float = Field(
+        0.01, gt=0, lt=1, description="target preference 1 - alpha (0.01 as the DMPO code of Diffusion-SDPO)"
+    )
+
+
+class SeeDpoConfig(Strict):
+    """SEE-DPO: Diffusion-DPO plus a self-entropy bonus gamma = entropy_ratio x beta (method: see-dpo)."""
+
+    entropy_ratio: float = Field(
+        0.1, ge=0, description="gamma / beta; 0 is Diffusion-DPO (the paper's value was not available: ours)"
+    )
+
+
+class AdaptiveDpoConfig(Strict):
+    """Adaptive-DPO, our reconstruction: confidence weight and margin (method: adaptive-dpo)."""
+
+    margin: float = Field(
+        1.0, ge=0, description="largest adaptive margin on u, for pairs the model is sure of (ours)"
+    )
+
+
+class KtoConfig(Strict):
+    """Diffusion-KTO on per-image labels: winners desirable, losers undesirable (method: kto)."""
+
+    lambda_desirable: float = Field(1.0, gt=0, description="weight of desirable images (official code: 1)")
+    lambda_undesirable: float = Field(
+        1.0, gt=0, description="weight of undesirable images (official code: 1)"
+    )
+
+
+class InversionConfig(Strict):
+    """Inversion-DPO: x_t by DDIM inversion of the clean latents under the reference (method: inversion-dpo)."""
+
+    steps: int = Field(
+        10, ge=1, le=1000, description="DDIM inversion steps from the clean latent to each sample's t"
+    )
+
+
 class TrainingConfig(Strict):
     """Optimizer, schedule and objective: shared by SFT, DPO and SPIN."""
 
@@ -222,6 +267,11 @@ class TrainingConfig(Strict):
     keep_checkpoints: bool = Field(
         False, description="keep iter-k/checkpoints after the iteration's model is saved (they are large)"
     )
+    dmpo: DmpoConfig = Field(default_factory=DmpoConfig)
+    see_dpo: SeeDpoConfig = Field(default_factory=SeeDpoConfig)
+    adaptive_dpo: AdaptiveDpoConfig = Field(default_factory=AdaptiveDpoConfig)
+    kto: KtoConfig = Field(default_factory=KtoConfig)
+    inversion: InversionConfig = Field(default_factory=InversionConfig)
     log_every: int = Field(1, ge=1, description="log metrics every N optimizer steps")
     trackers: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=lambda: ["tensorboard"], description="accelerate trackers ([] for none)"
@@ -272,7 +322,11 @@ class RunConfig(Strict):
 
     name: str = Field(..., pattern=r"^[A-Za-z0-9][\w.-]*$", description="run directory name")
     output_dir: str = Field("runs", description="parent of the run directory")
-    method: Method = Field("spin", description="spin (self-play), sft, or dpo (needs preference pairs)")
+    method: Method = Field(
+        "spin",
+        description="spin (self-play), sft, or a preference method on pairs: dpo, dmpo, see-dpo, "
+        "adaptive-dpo, kto, inversion-dpo (docs/methods.md)",
+    )
     seed: int = Field(0, description="seeds sampling noise, timesteps, batches")
     model: ModelConfig
     data: dict[str, Any] = Field(..., description="the data source (docs/data.md)")
@@ -306,6 +360,11 @@ class RunConfig(Strict):
             raise ValueError("iterations must list at least one iteration (use [{}] for defaults)")
         if self.method != "spin" and len(self.iterations) != 1:
             raise ValueError(f"method {self.method} trains once: iterations must have exactly one entry")
+        if self.method == "inversion-dpo" and self.training.precompute_reference:
+            raise ValueError(
+                "training.precompute_reference: inversion-dpo inverts each latent with the live reference "
+                "model, so its errors cannot be precomputed; set it to false"
+            )
         return self
 
     @property
@@ -457,6 +516,11 @@ def config_reference_markdown() -> str:
         ("model.lora", LoraConfig),
         ("sampling", SamplingConfig),
         ("training", TrainingConfig),
+        ("training.dmpo", DmpoConfig),
+        ("training.see_dpo", SeeDpoConfig),
+        ("training.adaptive_dpo", AdaptiveDpoConfig),
+        ("training.kto", KtoConfig),
+        ("training.inversion", InversionConfig),
         ("iterations[k]", IterationOverride),
     ]
     lines: list[str] = []

@@ -52,6 +52,17 @@ class ModuleReference:
                 self.unet, self.noise_scheduler, latents, emb, t2.to(latents.device), eps2.to(latents.device)
             ).float()
 
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """The reference's raw output at given noisy latents (what DDIM inversion steps with), no gradient."""
+        import torch
+
+        from spin_diffusion.models import adapters_disabled
+
+        ctx = adapters_disabled(self.unet) if self.disable_adapters else contextlib.nullcontext()
+        dtype = next(self.unet.parameters()).dtype
+        with torch.no_grad(), ctx:
+            return self.unet(latents.to(dtype), timesteps, emb.to(dtype)).sample.float()
+
 
 @dataclass
 class PrecomputedReference:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.atomic import atomic_file, write_json_atomic, write_text_atomic
-from spin_diffusion.config import RunConfig
+from spin_diffusion.config import PREFERENCE_METHODS, RunConfig
 from spin_diffusion.errors import ConfigError
 from spin_diffusion.rundir import (
     ITERATION_DONE,
@@ -63,7 +63,7 @@ class RealData(_CacheData):
 
 
 class PreferenceData(_CacheData):
-    """DPO: (winner, loser) latents of each preference pair."""
+    """DPO and its family: (winner, loser) latents of each preference pair (KTO: desirable, undesirable)."""
 
     paired = True
 
@@ -161,7 +161,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     pipe = load_pipeline(cfg.model.pretrained, revision=cfg.model.revision)
     data_cfg = cfg.data_config()
     data_record = {
-        "latent_cache_key": latent_cache_key(data_cfg, pipe.vae, pairs=cfg.method == "dpo"),
+        "latent_cache_key": latent_cache_key(data_cfg, pipe.vae, pairs=cfg.method in PREFERENCE_METHODS),
         "data_path": str(data_cfg.path),
     }
     if cfg.model.lora.enabled:
@@ -208,7 +208,7 @@ def _run_locked(
             data_cfg,
             pipe.vae,
             run_dir / "real_latents",
-            pairs=cfg.method == "dpo",
+            pairs=cfg.method in PREFERENCE_METHODS,
             show_progress=show_progress and accelerator.is_main_process,
         )
     if len(cache) == 0:
@@ -335,12 +335,12 @@ def _run_iteration(
             show_progress=show_progress,
         )
         data = SelfPlayData(cache, flip=data_cfg.random_flip, samples=samples)
-    elif cfg.method == "dpo":
+    elif cfg.method in PREFERENCE_METHODS:
         data = PreferenceData(cache, flip=data_cfg.random_flip)
     else:
         data = RealData(cache, flip=data_cfg.random_flip)
 
-    # 2. the trained model starts from theta_{k-1}; the reference is theta_{k-1} (SPIN) or theta_0 (DPO)
+    # 2. the trained model starts from theta_{k-1}; the reference is theta_{k-1} (SPIN) or theta_0 (DPO family)
     unet = copy.deepcopy(opponent)
     reference = None
     lora = cfg.model.lora

@@ -15,7 +15,11 @@ from spin_diffusion.errors import ConfigError, UserError
 
 app = typer.Typer(help="Inspect and validate training data.", no_args_is_help=True, add_completion=False)
 
-_DPO_METHODS = {"dpo", "diffusion_dpo", "diffusion-dpo"}
+
+def _pair_methods() -> set[str]:
+    from spin_diffusion.config import PREFERENCE_METHODS
+
+    return {*PREFERENCE_METHODS, "diffusion_dpo", "diffusion-dpo"}
 
 
 @app.callback()
@@ -48,7 +52,7 @@ def _read_yaml(path: Path) -> tuple[dict, bool]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: 'data' must be a mapping")
     method = str(doc.get("method", "")).lower()
-    return dict(data), method in _DPO_METHODS
+    return dict(data), method in _pair_methods()
 
 
 def infer_source(path: str) -> str:
