@@ -185,31 +185,60 @@ def refine_decoder_cmd(
     save_pipeline(pipe, model_dir, {**summary, "decoder_refined": {"steps": steps}})
 
 
+_OUT = typer.Option(help="study directory (resumable; re-run to continue)")
+_SEEDS = typer.Option(help="comma-separated seeds (default: the config's, 1,2,3)")
+_PAIRS = typer.Option(min=16, help="curated pairs per seed (default 2000)")
+_CONFIG = typer.Option(help="YAML/JSON ReproduceConfig")
+_SET = typer.Option("--set", "-s", help="override a setting, e.g. --set spin.latents=raw")
+
+
 @app.command()
 def reproduce(
-    out: Annotated[Path, typer.Option(help="study directory (resumable; re-run to continue)")] = Path(
-        "runs/reproduce"
-    ),
-    seeds: Annotated[
-        str | None, typer.Option(help="comma-separated seeds (default: the config's, 1,2,3)")
-    ] = None,
-    pairs: Annotated[int | None, typer.Option(min=16, help="curated pairs per seed (default 2000)")] = None,
-    config: Annotated[Path | None, typer.Option(help="YAML/JSON ReproduceConfig")] = None,
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", "-s", help="override a setting, e.g. --set spin.latents=raw")
-    ] = None,
+    out: Annotated[Path, _OUT] = Path("runs/reproduce"),
+    seeds: Annotated[str | None, _SEEDS] = None,
+    pairs: Annotated[int | None, _PAIRS] = None,
+    config: Annotated[Path | None, _CONFIG] = None,
+    set_: Annotated[list[str] | None, _SET] = None,
 ) -> None:
     """Table 1 and Figure 5 on the toy world: base, SFT curve, DPO, SPIN iterations, several seeds."""
+    _run_study(out, seeds, pairs, config, set_, compare=False)
+
+
+@app.command()
+def compare(
+    out: Annotated[Path, _OUT] = Path("runs/reproduce"),
+    seeds: Annotated[str | None, _SEEDS] = None,
+    pairs: Annotated[int | None, _PAIRS] = None,
+    config: Annotated[Path | None, _CONFIG] = None,
+    set_: Annotated[list[str] | None, _SET] = None,
+) -> None:
+    """Every method on the same pairs and seeds: SFT, DPO, SPIN and the Diffusion-DPO family, one table.
+
+    In the reproduction's directory (the default) the runs it trained are reused; writes compare.md,
+    compare.json and plots/compare.png.
+    """
+    _run_study(out, seeds, pairs, config, set_, compare=True)
+
+
+def _run_study(
+    out: Path,
+    seeds: str | None,
+    pairs: int | None,
+    config: Path | None,
+    set_: list[str] | None,
+    compare: bool,
+) -> None:
     import shlex
     import sys
 
     from pydantic import ValidationError
 
     from spin_diffusion.config import apply_overrides
-    from spin_diffusion.toy.reproduce import ReproduceConfig
-    from spin_diffusion.toy.reproduce import reproduce as run_reproduce
+    from spin_diffusion.toy import reproduce as study
 
     raw = _read_mapping(config) if config is not None else {}
+    if compare:
+        raw.setdefault("methods", list(study.ALL_METHODS))
     if seeds is not None:
         try:
             raw["seeds"] = [int(s) for s in seeds.split(",") if s.strip()]
@@ -219,14 +248,18 @@ def reproduce(
         raw["pairs"] = pairs
     raw = apply_overrides(raw, set_ or [])
     try:
-        cfg = ReproduceConfig.model_validate(raw)
+        cfg = study.ReproduceConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise UserError(f"reproduce setting {'.'.join(str(x) for x in err['loc'])!r}: {err['msg']}") from exc
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise UserError(f"reproduce setting {where!r}: {msg}") from exc
     command = "spin-diffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    result = run_reproduce(cfg, out, command)
+    kind = {"report": "compare", "title": study.COMPARISON_TITLE} if compare else {}
+    result = study.reproduce(cfg, out, command, **kind)
     typer.echo(result["report"])
-    typer.echo(f"wrote {out / 'results.md'} and {out / 'plots' / 'curves.png'}")
+    report = "compare" if compare else "results"
+    typer.echo(f"wrote {out / (report + '.md')} and {result['plot']}")
 
 
 def _read_mapping(path: Path) -> dict:

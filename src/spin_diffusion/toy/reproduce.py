@@ -20,7 +20,7 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spin_diffusion.atomic import write_json_atomic, write_text_atomic
 
@@ -66,7 +66,44 @@ class DpoSettings(_Strict):
     max_steps: int = Field(240, ge=1)
 
 
-Method = Literal["sft", "dpo", "spin", "spin-continued"]
+class FamilyRun(_Strict):
+    """One Diffusion-DPO-family method's toy run: trained once on the study's preference pairs."""
+
+    beta: float = Field(gt=0, description="on our scale (no factor 1/2)")
+    learning_rate: float = Field(gt=0)
+    max_steps: int = Field(ge=1)
+    training: dict[str, Any] = Field(
+        default_factory=dict, description="the method's own training.* block, e.g. {'dmpo': {'alpha': 0.01}}"
+    )
+
+
+def family_defaults() -> dict[str, FamilyRun]:
+    """The toy settings of every Diffusion-DPO-family method, in one place (docs/results.md, docs/methods.md).
+
+    Learning rate and steps are the toy DPO's (1e-5, 240 steps of 16 pairs): every preference method
+    sees the same data budget. beta is each paper's (or official code's) default converted to our
+    scale; settings a paper does not give are ours and say so in docs/methods.md. None was tuned.
+    """
+    dpo_like = {"learning_rate": 1e-5, "max_steps": 240}
+    return {
+        "dmpo": FamilyRun(beta=1000.0, training={"dmpo": {"alpha": 0.01}}, **dpo_like),  # code: 2000 x 0.5
+        "see-dpo": FamilyRun(beta=2500.0, training={"see_dpo": {"entropy_ratio": 0.1}}, **dpo_like),
+        "adaptive-dpo": FamilyRun(beta=2500.0, training={"adaptive_dpo": {"margin": 1.0}}, **dpo_like),
+        "kto": FamilyRun(
+            beta=1000.0, training={"kto": {"lambda_desirable": 1.0, "lambda_undesirable": 1.0}}, **dpo_like
+        ),  # fmt: skip
+        "inversion-dpo": FamilyRun(
+            beta=2500.0, training={"inversion": {"steps": 10}}, **dpo_like
+        ),  # 5000 x 0.5
+    }
+
+
+FAMILY = ("dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo")
+Method = Literal[
+    "sft", "dpo", "spin", "spin-continued", "dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo"
+]
+REPRODUCTION_METHODS: list[str] = ["sft", "dpo", "spin", "spin-continued"]
+ALL_METHODS: list[str] = [*REPRODUCTION_METHODS, *FAMILY]
 
 
 class ReproduceConfig(_Strict):
@@ -74,7 +111,7 @@ class ReproduceConfig(_Strict):
 
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
     pairs: int = Field(2000, ge=16, description="curated (prompt, image) pairs, one image per prompt")
-    methods: list[Method] = Field(default_factory=lambda: ["sft", "dpo", "spin", "spin-continued"])
+    methods: list[Method] = Field(default_factory=lambda: list(REPRODUCTION_METHODS))
     eval_prompts: int = Field(200, ge=1, description="held-out prompts (eval_prompts stream, seed 0)")
     images_per_prompt: int = Field(2, ge=1)
     eval_seed: int = 0
@@ -85,6 +122,14 @@ class ReproduceConfig(_Strict):
     spin: SpinSettings = Field(default_factory=SpinSettings)
     sft: SftSettings = Field(default_factory=SftSettings)
     dpo: DpoSettings = Field(default_factory=DpoSettings)
+    family: dict[str, FamilyRun] = Field(default_factory=family_defaults)
+
+    @model_validator(mode="after")
+    def _family_complete(self) -> ReproduceConfig:
+        missing = [m for m in self.methods if m in FAMILY and m not in self.family]
+        if missing:
+            raise ValueError(f"family has no settings for {', '.join(missing)}")
+        return self
 
 
 METRICS = ("toy_fidelity", "toy_style")
@@ -152,6 +197,12 @@ def run_configs(cfg: ReproduceConfig, seed: int, seed_dir: Path) -> dict[str, di
         c["training"].update(learning_rate=cfg.dpo.learning_rate, beta=cfg.dpo.beta)
         c["iterations"] = [{"max_steps": cfg.dpo.max_steps}]
         runs["dpo"] = c
+    for name in (m for m in FAMILY if m in cfg.methods):
+        fam = cfg.family[name]
+        c = _common(cfg, seed, seed_dir, name, name, prefs)
+        c["training"].update(learning_rate=fam.learning_rate, beta=fam.beta, **fam.training)
+        c["iterations"] = [{"max_steps": fam.max_steps}]
+        runs[name] = c
     return runs
 
 
@@ -184,7 +235,8 @@ def prepare_data(cfg: ReproduceConfig, seed: int, seed_dir: Path) -> None:
     data = seed_dir / "data"
     if not (data / "curated" / "metadata.jsonl").is_file():
         write_imagefolder(data / "curated", cfg.pairs, seed, "curated", 32, overwrite=True)
-    if "dpo" in cfg.methods and not (data / "preferences.parquet").is_file():
+    wants_pairs = any(m == "dpo" or m in FAMILY for m in cfg.methods)
+    if wants_pairs and not (data / "preferences.parquet").is_file():
         write_preference_parquet(data / "preferences.parquet", cfg.pairs, seed, 32, matched=True)
 
 
@@ -203,6 +255,8 @@ def models_of(cfg: ReproduceConfig, seed_dir: Path) -> dict[str, dict[str, Any]]
         models[f"sft-{cfg.sft.max_steps}"] = {"path": base, "trained": str(seed_dir / "sft/iter-1/model")}
     if "dpo" in cfg.methods:
         models["dpo"] = {"path": base, "trained": str(seed_dir / "dpo/iter-1/model")}
+    for name in (m for m in FAMILY if m in cfg.methods):
+        models[name] = {"path": base, "trained": str(seed_dir / name / "iter-1" / "model")}
     if "spin" in cfg.methods:
         for k in range(1, len(cfg.spin.iterations) + 1):
             models[f"spin-{k}"] = {"path": base, "trained": str(seed_dir / f"spin/iter-{k}/model")}
@@ -224,6 +278,8 @@ def examples_seen(cfg: ReproduceConfig, name: str) -> int:
         return sft_step(name) * cfg.batch_size
     if name == "dpo":
         return cfg.dpo.max_steps * cfg.batch_size
+    if name in FAMILY:
+        return cfg.family[name].max_steps * cfg.batch_size
     its = cfg.spin.iterations
     if name == "spin-1-continued":
         return (its[0].max_steps + its[1].max_steps) * cfg.batch_size
@@ -344,7 +400,7 @@ def table_names(cfg: ReproduceConfig, summaries: dict[int, dict[str, Any]]) -> l
     names = ["base"]
     if first["sft_best"]:
         names.append("sft-best")
-    names += [n for n in first["models"] if n == "dpo" or n.startswith("spin-")]
+    names += [n for n in first["models"] if n == "dpo" or n in FAMILY or n.startswith("spin-")]
     return names
 
 
@@ -382,11 +438,17 @@ def results_table(
     return lines
 
 
-def render_report(cfg: ReproduceConfig, summaries: dict[int, dict[str, Any]], command: str) -> str:
+REPRODUCTION_TITLE = "Toy-world reproduction of SPIN-Diffusion's Table 1 and Figure 5"
+COMPARISON_TITLE = "Toy-world method comparison: SFT, DPO, SPIN and the Diffusion-DPO family"
+
+
+def render_report(
+    cfg: ReproduceConfig, summaries: dict[int, dict[str, Any]], command: str, title: str = REPRODUCTION_TITLE
+) -> str:
     """results.md of the study: the cross-seed table, the SFT curve, the drift and what it took."""
     seeds = sorted(summaries)
     lines = [
-        "# Toy-world reproduction of SPIN-Diffusion's Table 1 and Figure 5",
+        f"# {title}",
         "",
         f"Command: `{command}`",
         "",
@@ -454,6 +516,7 @@ def plot_curves(cfg: ReproduceConfig, summaries: dict[int, dict[str, Any]], path
         "SPIN": ["base"] + sorted(n for n in first if n.startswith("spin-") and n[5:].isdigit()),
         "DPO": ["base", "dpo"] if "dpo" in first else [],
         "SPIN-1 continued": ["spin-1", "spin-1-continued"] if "spin-1-continued" in first else [],
+        **{name: ["base", name] for name in FAMILY if name in first},
     }
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.6))
     for ax, metric in zip(axes, METRICS, strict=True):
@@ -475,8 +538,19 @@ def plot_curves(cfg: ReproduceConfig, summaries: dict[int, dict[str, Any]], path
     plt.close(fig)
 
 
-def reproduce(cfg: ReproduceConfig, out: Path, command: str, show_progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the whole study and write results.md, results.json and plots/ into ``out``."""
+def reproduce(
+    cfg: ReproduceConfig,
+    out: Path,
+    command: str,
+    show_progress: bool = True,
+    report: str = "results",
+    title: str = REPRODUCTION_TITLE,
+) -> dict[str, Any]:
+    """Run (or resume) the whole study and write ``{report}.md``, ``{report}.json`` and a plot into ``out``.
+
+    The comparison (``toy compare``) is this study with more methods and ``report="compare"``: in the
+    reproduction's directory it reuses every run already trained there and adds only the new ones.
+    """
     from spin_diffusion.toy.datasets import eval_prompts
 
     out = Path(out)
@@ -489,11 +563,12 @@ def reproduce(cfg: ReproduceConfig, out: Path, command: str, show_progress: bool
     prompts_file = out / "eval_prompts.txt"
     write_text_atomic(prompts_file, "\n".join(eval_prompts(cfg.eval_prompts, seed=0)) + "\n")
     summaries = {seed: run_seed(cfg, seed, out, prompts_file, show_progress) for seed in cfg.seeds}
-    report = render_report(cfg, summaries, command)
-    write_text_atomic(out / "results.md", report)
-    write_json_atomic(out / "results.json", {"settings": cfg.model_dump(mode="json"), "seeds": summaries})
-    plot_curves(cfg, summaries, out / "plots" / "curves.png")
-    return {"report": report, "seeds": summaries}
+    text = render_report(cfg, summaries, command, title)
+    write_text_atomic(out / f"{report}.md", text)
+    write_json_atomic(out / f"{report}.json", {"settings": cfg.model_dump(mode="json"), "seeds": summaries})
+    plot = "curves.png" if report == "results" else f"{report}.png"
+    plot_curves(cfg, summaries, out / "plots" / plot)
+    return {"report": text, "seeds": summaries, "plot": out / "plots" / plot}
 
 
 def _check_compatible(previous: ReproduceConfig, current: ReproduceConfig, out: Path) -> None:
@@ -501,7 +576,7 @@ def _check_compatible(previous: ReproduceConfig, current: ReproduceConfig, out: 
     from spin_diffusion.errors import ConfigError
 
     fixed = ("pairs", "guidance_scale", "sample_steps", "batch_size", "warmup_steps", "spin", "sft", "dpo",
-             "eval_prompts", "images_per_prompt", "eval_seed")  # fmt: skip
+             "family", "eval_prompts", "images_per_prompt", "eval_seed")  # fmt: skip
     changed = [k for k in fixed if getattr(previous, k) != getattr(current, k)]
     if changed:
         raise ConfigError(

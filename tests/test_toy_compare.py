@@ -1,0 +1,66 @@
+"""`spin-diffusion toy compare` end to end on a tiny budget: every method on the same pairs, one table."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+
+from spin_diffusion.cli import main
+from spin_diffusion.toy.reproduce import FAMILY, ReproduceConfig, examples_seen, family_defaults
+
+
+def test_compare_trains_every_family_method_on_the_study_pairs(tmp_path: Path, capsys) -> None:
+    tiny = {
+        "seeds": [0],
+        "pairs": 16,
+        # SFT and SPIN rows come from the same code as `toy reproduce` (tests/test_toy_reproduce.py)
+        "methods": ["dpo", *FAMILY],
+        "eval_prompts": 4,
+        "images_per_prompt": 2,
+        "sample_steps": 4,
+        "batch_size": 4,
+        "warmup_steps": 1,
+        "spin": {"iterations": [{"beta": 200, "learning_rate": 1e-5, "max_steps": 2}]},
+        "sft": {"learning_rate": 1e-4, "max_steps": 4, "eval_every": 2},
+        "dpo": {"beta": 2500, "learning_rate": 1e-5, "max_steps": 2},
+        "family": {
+            name: {**run.model_dump(), "max_steps": 2, "training": {**run.training}}
+            for name, run in family_defaults().items()
+        },
+    }
+    tiny["family"]["inversion-dpo"]["training"] = {"inversion": {"steps": 2}}
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny))
+    out = tmp_path / "study"
+    assert main(["toy", "compare", "--out", str(out), "--config", str(config)]) == 0
+    report = (out / "compare.md").read_text()
+    assert report.startswith("# Toy-world method comparison")
+    for row in ("| base |", "| dpo |", *(f"| {m} |" for m in FAMILY)):
+        assert row in report
+    assert (out / "plots" / "compare.png").stat().st_size > 1000
+    assert not (out / "results.md").exists()  # the reproduction's own report is left alone
+    seed = json.loads((out / "compare.json").read_text())["seeds"]["0"]
+    cfg = ReproduceConfig.model_validate(tiny)
+    for name in FAMILY:
+        row = seed["models"][name]
+        assert 0.0 <= row["toy_fidelity"] <= 1.0 and "win_vs_dpo" in row and "win_vs_base" in row
+        assert row["examples"] == 2 * 4 == examples_seen(cfg, name)
+        saved = yaml.safe_load((out / "seed-0" / name / "config.yaml").read_text())
+        assert saved["method"] == name and saved["data"]["source"] == "pickapic"
+        assert saved["data"]["path"] == str(out / "seed-0" / "data" / "preferences.parquet")
+    dmpo = yaml.safe_load((out / "seed-0" / "dmpo" / "config.yaml").read_text())
+    assert dmpo["training"]["beta"] == 1000 and dmpo["training"]["dmpo"]["alpha"] == 0.01
+
+    # the same command again trains nothing new and re-renders the same table
+    stamp = (out / "seed-0" / "kto" / "iter-1" / "iteration.json").stat().st_mtime_ns
+    assert main(["toy", "compare", "--out", str(out), "--config", str(config)]) == 0
+    assert (out / "seed-0" / "kto" / "iter-1" / "iteration.json").stat().st_mtime_ns == stamp
+
+
+def test_a_family_method_without_settings_is_refused(tmp_path: Path, capsys) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"methods": ["kto"], "family": {}}))
+    assert main(["toy", "compare", "--out", str(tmp_path / "s"), "--config", str(config)]) == 2
+    assert "family has no settings for kto" in capsys.readouterr().err
