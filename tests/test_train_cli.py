@@ -270,6 +270,8 @@ def test_interrupted_training_resumes_from_its_checkpoint(
         timeout=300,
     )
     assert again.returncode == 0, again.stderr[-2000:]
+    assert f"iter-1: resuming from step {steps_done} of {steps_done + 2}" in again.stderr
+    assert f"iteration 1 continues from its checkpoint step-{steps_done}" in again.stderr
     summary = json.loads((ckpts.parent / "train_summary.json").read_text())
     assert summary["resumed_from"] == steps_done and summary["steps"] == steps_done + 2
 

@@ -240,7 +240,12 @@ class TrainingConfig(Strict):
         "and the value above is ignored; null: use gradient_accumulation_steps",
     )
     max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping norm; null disables")
-    mixed_precision: Literal["no", "fp16", "bf16"] = Field("no", description="accelerate mixed precision")
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(
+        None,
+        description="accelerate mixed precision; null: what accelerate is configured with "
+        "(`accelerate launch --mixed_precision`, its config file, else no). The value used is recorded "
+        "in runs/NAME/config.yaml and iter-k/iteration.json",
+    )
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
     use_ema: bool = Field(False, description="keep an EMA of the weights and save it as the result")
     ema_decay: float = Field(0.9999, gt=0, lt=1, description="EMA decay per optimizer step")
@@ -274,7 +279,19 @@ class TrainingConfig(Strict):
     inversion: InversionConfig = Field(default_factory=InversionConfig)
     log_every: int = Field(1, ge=1, description="log metrics every N optimizer steps")
     trackers: list[Literal["tensorboard", "wandb"]] = Field(
-        default_factory=lambda: ["tensorboard"], description="accelerate trackers ([] for none)"
+        default_factory=lambda: ["tensorboard"],
+        description="accelerate trackers ([] for none); metrics are logged against the run's global step",
+    )
+    validation_prompts: int = Field(
+        4,
+        ge=0,
+        description="training captions (the first N distinct ones, fixed seeds) whose images are logged to "
+        "the trackers after each iteration; 0: none",
+    )
+    validation_every: int | None = Field(
+        None,
+        ge=1,
+        description="also log the validation images every N optimizer steps; null: only at the end",
     )
 
     @model_validator(mode="after")

@@ -29,6 +29,7 @@ from spin_diffusion.rundir import (
     run_lock,
     write_run_config,
 )
+from spin_diffusion.validation import ValidationSet, log_validation, validation_prompts
 
 if TYPE_CHECKING:
     import torch
@@ -155,6 +156,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         log_with=_trackers(cfg.training.trackers),
         project_dir=str(cfg.run_dir / "logs"),
     )
+    cfg = with_mixed_precision(cfg, accelerator.mixed_precision)  # recorded as used, not as asked
     set_seed(cfg.seed)
     for k in range(1, len(cfg.iterations) + 1):  # a global batch that does not fit this launch
         cfg.training_for(k).accumulation_steps(accelerator.num_processes)
@@ -215,6 +217,7 @@ def _run_locked(
         raise ConfigError(f"data source {data_cfg.path} has no usable examples")
     if accelerator.is_main_process:
         warn_caption_tokens(pipe.tokenizer, cache.captions, log)
+        log_startup_summary(cfg, accelerator, len(cache))
 
     # theta_0. Only the current opponent is kept (no separate copy of the base): memory stays the
     # same in every iteration, and theta_{k-1} is the template a finished iteration's model loads into
@@ -222,7 +225,10 @@ def _run_locked(
     opponent, opponent_fp = pipe.unet, base_fp
     history: list[dict[str, Any]] = []
     if accelerator.is_main_process:
-        accelerator.init_trackers(cfg.name)
+        accelerator.init_trackers(cfg.name, config=tracker_config(cfg))
+    vset = ValidationSet(
+        validation_prompts(cache.captions, cfg.training.validation_prompts), cfg.seed, cfg.sampling
+    )
     for k in range(1, len(cfg.iterations) + 1):
         iter_dir = run_dir / f"iter-{k}"
         if iteration_done(run_dir, k):
@@ -243,6 +249,7 @@ def _run_locked(
             cache,
             iter_dir,
             show_progress,
+            vset,
         )
         history.append(summary)
         opponent, opponent_fp = summary.pop("_next_opponent"), summary["model_fingerprint"]
@@ -274,6 +281,81 @@ def _run_locked(
     return results
 
 
+def with_mixed_precision(cfg: RunConfig, used: str) -> RunConfig:
+    """``cfg`` with ``training.mixed_precision`` set to what accelerate actually uses.
+
+    When the config leaves it unset, accelerate's own setting decides
+    (``accelerate launch --mixed_precision bf16`` or its config file); the run
+    directory's config.yaml and every iteration.json then say what was used.
+    """
+    training = cfg.training.model_copy(update={"mixed_precision": used})
+    return cfg.model_copy(update={"training": training})
+
+
+def global_step_offset(cfg: RunConfig, k: int) -> int:
+    """Optimizer steps of iterations 1..k-1: iteration k's step n is run-wide step offset + n."""
+    return sum(cfg.training_for(j).max_steps for j in range(1, k))
+
+
+def tracker_config(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config as flat ``section.key`` values, the only types every tracker's hparams accept."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, node: Any) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(f"{prefix}{key}.", value)
+        elif isinstance(node, bool | int | float | str):
+            out[prefix[:-1]] = node
+        else:  # lists and null: their JSON text
+            out[prefix[:-1]] = json.dumps(node)
+
+    walk("", cfg.model_dump(mode="json"))
+    return out
+
+
+def log_startup_summary(cfg: RunConfig, accelerator: Any, num_examples: int) -> None:
+    """One block saying what this invocation will do, and where it picks up if the run was started before."""
+    from spin_diffusion.checkpoints import list_checkpoints
+
+    n = len(cfg.iterations)
+    steps = [cfg.training_for(k).max_steps for k in range(1, n + 1)]
+    accumulation = cfg.training.accumulation_steps(accelerator.num_processes)
+    log.info(
+        "%s: %s, %d examples, %d iteration(s) of %s optimizer steps (%d in all); global batch %d "
+        "(batch_size %d x %d processes x %d accumulation); mixed precision %s; run directory %s",
+        cfg.name,
+        cfg.method,
+        num_examples,
+        n,
+        "/".join(map(str, steps)),
+        sum(steps),
+        cfg.training.batch_size * accelerator.num_processes * accumulation,
+        cfg.training.batch_size,
+        accelerator.num_processes,
+        accumulation,
+        cfg.training.mixed_precision,
+        cfg.run_dir,
+    )
+    done = [k for k in range(1, n + 1) if iteration_done(cfg.run_dir, k)]
+    if len(done) == n:
+        log.info("%s: all %d iteration(s) are finished; nothing to train", cfg.name, n)
+        return
+    if not done and not (cfg.run_dir / "iter-1").exists():
+        return
+    k = len(done) + 1
+    saved = list_checkpoints(cfg.run_dir / f"iter-{k}" / "checkpoints")
+    where = f"its checkpoint {saved[-1][1].name}" if saved else "its start"
+    log.info(
+        "%s: resuming: iteration(s) %s finished; iteration %d continues from %s (run-wide step %d)",
+        cfg.name,
+        ", ".join(map(str, done)) or "none",
+        k,
+        where,
+        global_step_offset(cfg, k) + (saved[-1][0] if saved else 0),
+    )
+
+
 def _trackers(names: list[str]) -> list[str] | None:
     import importlib.util
 
@@ -296,6 +378,7 @@ def _run_iteration(
     cache: Any,
     iter_dir: Path,
     show_progress: bool,
+    vset: ValidationSet,
 ) -> dict[str, Any]:
     from spin_diffusion.models import (
         LoraSettings,
@@ -395,6 +478,14 @@ def _run_iteration(
 
     # a LoRA on theta_{k-1} (k > 1) is saved stacked on iteration k-1's, so it is relative to the base
     previous = iter_dir.parent / f"iter-{k - 1}" / "model" if lora.enabled and k > 1 else None
+    offset = global_step_offset(cfg, k)
+    trackers = train_cfg.trackers
+    every = train_cfg.validation_every
+
+    def validate_every(t: Trainer) -> None:
+        if every and t.step % every == 0 and t.step < train_cfg.max_steps:  # the end is logged below
+            log_validation(accelerator, pipe, t.unet, vset, trackers, offset + t.step)
+
     trainer = Trainer(
         method=cfg.method,
         cfg=train_cfg,
@@ -409,10 +500,13 @@ def _run_iteration(
         seed=seed,
         caption_dropout=caption_dropout,
         show_progress=show_progress,
-        log_prefix=f"iter{k}/",  # steps restart each iteration: keep the curves apart
+        log_prefix="train/",
         previous_model=previous,
+        log_step_offset=offset,  # one curve over the whole run: wandb drops steps that go backwards
+        on_step=validate_every if every else None,
     )
     result = trainer.train()
+    log_validation(accelerator, pipe, trainer.unet, vset, trackers, offset + result.steps)
     trained = accelerator.unwrap_model(trainer.unet)
     model_dir = iter_dir / "model"
     if accelerator.is_main_process:

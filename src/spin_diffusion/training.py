@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,6 +100,8 @@ class Trainer:
         show_progress: bool = True,
         log_prefix: str = "",
         previous_model: Path | None = None,
+        log_step_offset: int = 0,
+        on_step: Callable[[Trainer], None] | None = None,
     ):
         self.method = method
         self.cfg = cfg
@@ -115,6 +118,10 @@ class Trainer:
         self.caption_dropout = caption_dropout
         self.show_progress = show_progress
         self.log_prefix = log_prefix
+        self.log_step_offset = (
+            log_step_offset  # trackers get a run-wide step: earlier iterations' steps first
+        )
+        self.on_step = on_step  # called after every optimizer step on every rank (validation images)
         self.previous_model = previous_model  # iteration k-1's model/ when a LoRA trains on top of it
         self.step = 0
         self.micro_step = 0
@@ -313,6 +320,8 @@ class Trainer:
 
         resumed = self.maybe_resume()
         if self.acc.is_main_process:
+            if resumed is not None:
+                log.info("%s: resuming from step %d of %d", self.out_dir.name, resumed, self.cfg.max_steps)
             truncate_log(self.out_dir / LOG, self.step)  # lines past the checkpoint would repeat
             log.info(
                 "%s: global batch %d = batch_size %d x %d processes x %d accumulation steps",
@@ -339,8 +348,13 @@ class Trainer:
                 bar.update(1)
                 bar.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "implicit_acc") if k in metrics})
                 if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
-                    self.acc.log({self.log_prefix + k: v for k, v in metrics.items()}, step=self.step)
+                    self.acc.log(
+                        {self.log_prefix + k: v for k, v in metrics.items()},
+                        step=self.log_step_offset + self.step,
+                    )
                     self._append_log(metrics)
+                if self.on_step is not None:
+                    self.on_step(self)
                 if self.cfg.save_model_every and self.step % self.cfg.save_model_every == 0:
                     self.save_snapshot()
                 interrupted = self._any_process_flag(stop.signal is not None)
