@@ -118,9 +118,7 @@ class Trainer:
         self.caption_dropout = caption_dropout
         self.show_progress = show_progress
         self.log_prefix = log_prefix
-        self.log_step_offset = (
-            log_step_offset  # trackers get a run-wide step: earlier iterations' steps first
-        )
+        self.log_step_offset = log_step_offset  # trackers' step = offset + step: one run-wide axis
         self.on_step = on_step  # called after every optimizer step on every rank (validation images)
         self.previous_model = previous_model  # iteration k-1's model/ when a LoRA trains on top of it
         self.step = 0
