@@ -251,7 +251,7 @@ def test_cli_evaluate_command(evaluated, weights, tmp_path, capsys):
     path.write_text(yaml.safe_dump(job))
     assert main(["evaluate", str(path)]) == 2
     err = capsys.readouterr().err
-    assert err == f"error: model broken: path {tmp_path / 'no-such-model'} does not exist\n"
+    assert err == f"error: models.broken: {tmp_path / 'no-such-model'} does not exist\n"
 
 
 def _with_a_broken_file(weights, tmp_path, what: str) -> EvaluationConfig:

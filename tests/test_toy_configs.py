@@ -31,10 +31,10 @@ def test_toy_config_runs_and_its_models_load_in_diffusers(name: str, toy_data: P
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
     raw = yaml.safe_load((REPO / "configs" / f"{name}.yaml").read_text())
+    assert raw["model"]["pretrained"] == "toy-base"  # the alias of the shipped model, used as is
     data_file = Path(raw["data"]["path"]).name
     overrides = [
         f"output_dir={tmp_path}",
-        f"model.pretrained={base_model_path()}",
         f"data.path={toy_data / data_file}",
         f"evaluation.prompts.path={toy_data / 'eval_prompts.txt'}",
         "evaluation.n_images_per_prompt=1",

@@ -64,6 +64,37 @@ def demo(
     run_demo(output_dir=output_dir, iterations=iterations, quick=quick)
 
 
+configs_app = typer.Typer(
+    no_args_is_help=True, help="The example configs shipped with the package: list them, copy them to edit."
+)
+
+
+@configs_app.command("list")
+def configs_list() -> None:
+    """Each shipped config's name and what it is for."""
+    from spin_diffusion.shipped import configs_dir, describe, shipped_configs
+
+    for name, path in shipped_configs().items():
+        typer.echo(f"{name:24s} {describe(path)}")
+    typer.echo(f"(installed in {configs_dir()})")
+
+
+@configs_app.command("copy")
+def configs_copy(
+    names: Annotated[list[str] | None, typer.Argument(help="configs to copy (default: all)")] = None,
+    to: Annotated[Path, typer.Option("--to", help="destination directory")] = Path("configs"),
+    overwrite: Annotated[bool, typer.Option(help="replace files that exist")] = False,
+) -> None:
+    """Copy shipped configs into a directory (./configs by default), to edit and run them."""
+    from spin_diffusion.shipped import copy_configs
+
+    for path in copy_configs(list(names or []), to, overwrite=overwrite):
+        typer.echo(f"wrote {path}")
+
+
+app.add_typer(configs_app, name="configs")
+
+
 def _mount_subcommands() -> None:
     """Sub-apps of the data, evaluation and toy modules (each keeps its imports light)."""
     from spin_diffusion.data.cli import app as data_app

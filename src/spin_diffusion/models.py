@@ -39,6 +39,29 @@ def looks_like_local_path(name: str) -> bool:
     return not _HUB_ID.match(name)
 
 
+def _toy_base() -> Path:
+    from spin_diffusion.toy import base_model_path
+
+    return base_model_path()
+
+
+# Names that stand for a model shipped inside the package, so configs work wherever it is installed.
+MODEL_ALIASES = {"toy-base": _toy_base}
+
+
+def resolve_model_source(name_or_path: str | os.PathLike[str]) -> str:
+    """The directory or hub id a ``model.pretrained``/``models.NAME.path`` value means.
+
+    An alias (``toy-base``: the toy pipeline shipped with the package) resolves
+    to its installed location unless a path of that name exists; anything else
+    is returned as given.
+    """
+    name = str(name_or_path)
+    if name in MODEL_ALIASES and not Path(name).expanduser().exists():
+        return str(MODEL_ALIASES[name]())
+    return name
+
+
 def load_pipeline(
     name_or_path: str | os.PathLike[str],
     *,
@@ -54,7 +77,7 @@ def load_pipeline(
     """
     from diffusers import DiffusionPipeline
 
-    name = str(name_or_path)
+    name = resolve_model_source(name_or_path)
     path = Path(name).expanduser()
     kwargs: dict[str, Any] = {"revision": revision}
     if torch_dtype is not None:

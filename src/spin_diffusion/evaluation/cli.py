@@ -14,16 +14,29 @@ import typer
 
 def evaluate_command(
     config: Annotated[Path, typer.Argument(help="evaluate job configuration (YAML)")],
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="only resolve models, fine-tuned weights, prompt and scorer files; generate nothing",
+        ),
+    ] = False,
 ) -> None:
     """Generate images for each model, score them, and write results.md/results.json, a grid and plots."""
     from spin_diffusion.evaluation.config import load_job_config
 
     job = load_job_config(config)
+    if check:
+        from spin_diffusion.evaluation.checks import check_evaluation
+
+        lines, _ = check_evaluation(job.models, job.model_entries(), job.evaluation)
+        for line in lines:
+            typer.echo(f"  {line}")
+        typer.echo(f"{config}: ok (nothing generated; output would go to {job.output_dir})")
+        return
     from spin_diffusion.evaluation.runner import evaluate_models
 
-    results = evaluate_models(
-        job.model_entries(), job.evaluation, Path(job.output_dir), baseline=job.baseline
-    )
+    results = evaluate_models(job.models, job.evaluation, Path(job.output_dir), baseline=job.baseline)
     out = Path(job.output_dir)
     typer.echo(f"{len(results['mean'])} models x {results['n_prompts']} prompts evaluated")
     typer.echo(f"report: {out / 'results.md'}")

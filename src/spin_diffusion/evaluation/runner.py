@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.atomic import atomic_file, save_image_atomic, write_json_atomic, write_text_atomic
-from spin_diffusion.errors import CheckpointError, ConfigError
+from spin_diffusion.errors import ConfigError
 from spin_diffusion.evaluation.config import EvaluationConfig, ModelEntry, ScorerConfig, check_model_name
 from spin_diffusion.evaluation.store import (
     EvalStore,
@@ -46,17 +46,6 @@ def _entries(models: Mapping[str, Any]) -> dict[str, ModelEntry]:
         else:
             out[name] = ModelEntry(path=str(value))
     return out
-
-
-def check_model_paths(entries: dict[str, ModelEntry]) -> None:
-    """Fail before generating anything if a model or fine-tuned weights path is missing (hub ids pass)."""
-    from spin_diffusion.models import looks_like_local_path
-
-    for name, entry in entries.items():
-        if not Path(entry.path).expanduser().exists() and looks_like_local_path(entry.path):
-            raise CheckpointError(f"model {name}: path {entry.path} does not exist")
-        if entry.trained is not None and not Path(entry.trained).expanduser().exists():
-            raise CheckpointError(f"model {name}: trained weights {entry.trained} do not exist")
 
 
 def check_scorers(cfg: EvaluationConfig) -> None:
@@ -364,6 +353,7 @@ def evaluate_models(
     win-rate table and plot compare against; win rates of every ordered pair
     are in the dict either way.
     """
+    from spin_diffusion.evaluation.checks import check_evaluation
     from spin_diffusion.evaluation.scorer_base import resolve_device
 
     entries = _entries(models)
@@ -371,8 +361,7 @@ def evaluate_models(
     baseline = baseline if baseline is not None else names[0]
     if baseline not in entries:
         raise ConfigError(f"baseline {baseline!r} is not one of the models ({', '.join(names)})")
-    check_model_paths(entries)
-    prompts = resolve_prompts(cfg)
+    _, prompts = check_evaluation(models, entries, cfg)  # the checks of `evaluate --check`
     store = EvalStore(Path(out_dir))
     device = resolve_device(cfg.device)
     if _images_missing(store, names, prompts, cfg):
