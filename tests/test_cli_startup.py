@@ -19,7 +19,7 @@ def test_help_lists_every_job(tmp_path) -> None:
         [sys.executable, "-m", "spin_diffusion.cli", "--help"], capture_output=True, text=True
     )
     assert out.returncode == 0
-    for command in ("train", "demo", "evaluate", "data", "toy", "show-config"):
+    for command in ("train", "demo", "evaluate", "data", "toy", "show-config", "export", "configs"):
         assert command in out.stdout
 
 

@@ -64,6 +64,34 @@ def demo(
     run_demo(output_dir=output_dir, iterations=iterations, quick=quick)
 
 
+@app.command()
+def export(
+    run: Annotated[Path, typer.Argument(help="run directory (runs/NAME)")],
+    out: Annotated[Path, typer.Argument(help="where the diffusers pipeline goes")],
+    iteration: Annotated[
+        int | None, typer.Option(min=1, help="which iteration (default: the last finished one)")
+    ] = None,
+    dtype: Annotated[str, typer.Option(help="float32, float16 or bfloat16 weights")] = "float32",
+    overwrite: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
+    push_to_hub: Annotated[
+        str | None, typer.Option("--push-to-hub", help="also upload to this hub repository (owner/name)")
+    ] = None,
+    private: Annotated[bool, typer.Option(help="create the hub repository as private")] = False,
+) -> None:
+    """Write one iteration of a run as a complete diffusers pipeline with a model card (and LoRA adapter)."""
+    from spin_diffusion.export import export_run
+
+    result = export_run(
+        run, out, iteration, dtype=dtype, overwrite=overwrite, push=push_to_hub, private=private
+    )
+    typer.echo(f"exported iteration {result['iteration']} of {run} to {out}; load it with")
+    typer.echo(f'  DiffusionPipeline.from_pretrained("{out}")')
+    if result.get("lora"):
+        typer.echo(f"LoRA adapter relative to the base model: {out / result['lora']}")
+    if result.get("url"):
+        typer.echo(f"uploaded to {result['url']}")
+
+
 configs_app = typer.Typer(
     no_args_is_help=True, help="The example configs shipped with the package: list them, copy them to edit."
 )

@@ -13,7 +13,7 @@ import copy
 import hashlib
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -430,8 +430,17 @@ def _save_lora_iteration(
         _write_lora_file(layers, tmp / LORA_WEIGHT_NAME, iterations)
 
 
-def save_full_pipeline(pipe: DiffusionPipeline, unet: UNet2DConditionModel, out_dir: Path) -> Path:
-    """Save the base pipeline with ``unet`` in place (LoRA fused into a copy), atomically."""
+def save_full_pipeline(
+    pipe: DiffusionPipeline,
+    unet: UNet2DConditionModel,
+    out_dir: Path,
+    extra: Callable[[Path], None] | None = None,
+) -> Path:
+    """Save the base pipeline with ``unet`` in place (LoRA fused into a copy), atomically.
+
+    ``extra`` writes further files (a model card, an adapter) into the
+    directory before it appears, so the result is complete or absent.
+    """
     out_dir = Path(out_dir)
     if has_lora(unet):
         unet = copy.deepcopy(unet)
@@ -441,6 +450,8 @@ def save_full_pipeline(pipe: DiffusionPipeline, unet: UNet2DConditionModel, out_
     try:
         with atomic_directory(out_dir) as tmp:
             pipe.save_pretrained(str(tmp), safe_serialization=True)
+            if extra is not None:
+                extra(tmp)
     finally:
         pipe.unet = original
     return out_dir

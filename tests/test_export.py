@@ -1,0 +1,150 @@
+"""`spin-diffusion export`: a finished iteration as a plain diffusers pipeline with a model card."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from spin_diffusion.cli import main
+
+
+@pytest.fixture(scope="module")
+def imagefolder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("imagefolder")
+    rows = []
+    for i, (name, colour) in enumerate(
+        [("red", (220, 30, 30)), ("blue", (30, 30, 220)), ("green", (30, 200, 30))]
+    ):
+        img = np.full((16, 16, 3), 255, np.uint8)
+        img[4:12, 4:12] = colour
+        Image.fromarray(img).save(root / f"{i}.png")
+        rows.append(json.dumps({"file_name": f"{i}.png", "text": f"a {name} square"}))
+    (root / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def _train(tmp_path: Path, pipeline: Path, data: Path, **extra) -> Path:
+    cfg = {
+        "name": "run",
+        "output_dir": str(tmp_path / "runs"),
+        "method": "spin",
+        "model": {"pretrained": str(pipeline)},
+        "data": {"source": "imagefolder", "path": str(data), "resolution": 16},
+        "sampling": {"num_inference_steps": 2, "guidance_scale": 2.0, "batch_size": 4, "shard_size": 4},
+        "training": {
+            "max_steps": 1,
+            "batch_size": 3,
+            "learning_rate": 1e-3,
+            "trackers": [],
+            "validation_prompts": 0,
+        },
+        "iterations": [{"beta": 2000}, {"beta": 5000}],
+        **extra,
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    assert main(["train", str(path)]) == 0
+    return tmp_path / "runs" / "run"
+
+
+def _images(pipe) -> np.ndarray:
+    import torch
+
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        ["a red square"], num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np"
+    )
+    return out.images
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory, tiny_pipeline_dir: Path, imagefolder: Path) -> Path:
+    evaluation = {
+        "prompts": ["a red square", "a blue square"],
+        "n_images_per_prompt": 1,
+        "scorers": [{"kind": "toy_fidelity"}],
+        "num_inference_steps": 2,
+        "grid_prompts": 2,
+    }
+    return _train(tmp_path_factory.mktemp("full"), tiny_pipeline_dir, imagefolder, evaluation=evaluation)
+
+
+def test_export_loads_with_diffusers_alone_and_matches_the_run(
+    full_run: Path, tiny_pipeline_dir: Path, tmp_path: Path, capsys
+) -> None:
+    from diffusers import DiffusionPipeline
+
+    from spin_diffusion.models import load_pipeline
+
+    out = tmp_path / "export"
+    assert main(["export", str(full_run), str(out)]) == 0
+    assert "exported iteration 2" in capsys.readouterr().out
+    exported = DiffusionPipeline.from_pretrained(str(out))
+    reference = load_pipeline(tiny_pipeline_dir, trained=full_run / "iter-2" / "model")
+    np.testing.assert_allclose(_images(exported), _images(reference), atol=1e-6)
+    assert not np.allclose(_images(exported), _images(load_pipeline(tiny_pipeline_dir)), atol=1e-4)
+
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: diffusers\n")
+    assert "# run: iteration 2 of 2 (spin)" in card and f"`{tiny_pipeline_dir}`" in card
+    rows = [line for line in card.splitlines() if line.startswith("| 1 ") or line.startswith("| **2** ")]
+    assert len(rows) == 2 and "| 2000 |" in rows[0] and "| 5000 |" in rows[1] and "| no |" in rows[1]
+    assert "imagefolder" in card and "full fine-tune of the UNet" in card
+    assert "### Mean scores" in card and "toy_fidelity" in card  # the run's evaluation table
+    assert "This model is `iter-2` in the tables" in card and "scores.jsonl" not in card
+    assert "(grid.png)" in card and (out / "grid.png").is_file()
+    saved = yaml.safe_load((out / "spin_diffusion_config.yaml").read_text())
+    assert saved["iterations"][1]["beta"] == 5000
+
+
+def test_an_earlier_iteration_and_the_refusals(full_run: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "iter1"
+    assert main(["export", str(full_run), str(out), "--iteration", "1"]) == 0
+    assert "| **1** (exported) |" in (out / "README.md").read_text()
+    assert "this export is iteration 1" in (out / "README.md").read_text()
+    capsys.readouterr()
+    assert main(["export", str(full_run), str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert main(["export", str(full_run), str(tmp_path / "x"), "--iteration", "3"]) == 2
+    assert "finished iterations 1, 2" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), str(tmp_path / "x")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_push_to_hub_offline_fails_in_one_line_before_exporting(
+    full_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "pushed"
+    assert main(["export", str(full_run), str(out), "--push-to-hub", "someone/spin-toy"]) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: --push-to-hub someone/spin-toy: HF_HUB_OFFLINE is set, so nothing can be uploaded; "
+        "export without --push-to-hub, or unset HF_HUB_OFFLINE (and log in) to upload\n"
+    )
+    assert not out.exists()
+
+
+def test_a_lora_run_exports_the_fused_pipeline_and_one_adapter_relative_to_the_base(
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
+) -> None:
+    from diffusers import DiffusionPipeline
+
+    lora = {"pretrained": str(tiny_pipeline_dir), "lora": {"enabled": True, "rank": 2}}
+    run = _train(tmp_path, tiny_pipeline_dir, imagefolder, model=lora)
+    out = tmp_path / "export"
+    assert main(["export", str(run), str(out)]) == 0
+    exported = _images(DiffusionPipeline.from_pretrained(str(out)))
+    base = DiffusionPipeline.from_pretrained(str(tiny_pipeline_dir))
+    plain = _images(base)
+    base.load_lora_weights(str(out / "lora"), weight_name="pytorch_lora_weights.safetensors")
+    np.testing.assert_allclose(exported, _images(base), atol=1e-4)  # both iterations' change, in one file
+    assert not np.allclose(exported, plain, atol=1e-4)
+    card = (out / "README.md").read_text()
+    assert "LoRA rank 2" in card and "lora/pytorch_lora_weights.safetensors" in card
+    assert "every iteration up to 2 in one file" in card
