@@ -148,3 +148,23 @@ def test_a_lora_run_exports_the_fused_pipeline_and_one_adapter_relative_to_the_b
     card = (out / "README.md").read_text()
     assert "LoRA rank 2" in card and "lora/pytorch_lora_weights.safetensors" in card
     assert "every iteration up to 2 in one file" in card
+
+
+def test_the_card_of_a_diffusion_dpo_family_method() -> None:
+    from spin_diffusion.config import validate_config
+    from spin_diffusion.model_card import CardInputs, render_model_card
+
+    cfg = validate_config(
+        {
+            "name": "fam",
+            "method": "dmpo",
+            "model": {"pretrained": "owner/base-model"},
+            "data": {"source": "pickapic", "path": "pairs.parquet", "resolution": 64},
+        }
+    )
+    card = render_model_card(
+        CardInputs(cfg, 1, [{"iteration": 1, "steps": 3, "training": {"beta": 2500.0}, "final_metrics": {}}])
+    )
+    assert "base_model: owner/base-model" in card  # a hub id goes into the front matter
+    assert "by the dmpo objective of the Diffusion-DPO family" in card
+    assert "| **1** (exported) | 3 | 2500 |" in card and "was not evaluated" in card

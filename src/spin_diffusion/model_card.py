@@ -18,6 +18,12 @@ METHODS = {
     "sft": "supervised fine-tuning on the real images (the denoising loss)",
     "dpo": "Diffusion-DPO on preference pairs, with the base model as the reference",
 }
+PAIRWISE_FAMILY = "the {method} objective of the Diffusion-DPO family on preference pairs (docs/methods.md)"
+
+
+def method_description(method: str) -> str:
+    """One phrase per method; the Diffusion-DPO family members share one."""
+    return METHODS.get(method, PAIRWISE_FAMILY.format(method=method))
 
 
 @dataclass
@@ -111,7 +117,7 @@ def render_model_card(inp: CardInputs) -> str:
         "",
         f"A text-to-image model fine-tuned from `{cfg.model.pretrained}`"
         + (f" (revision `{cfg.model.revision}`)" if cfg.model.revision else "")
-        + f" with spin-diffusion by {METHODS[cfg.method]}.",
+        + f" with spin-diffusion by {method_description(cfg.method)}.",
         "",
         "## Use",
         "",
