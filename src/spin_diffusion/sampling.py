@@ -15,12 +15,14 @@ import hashlib
 import json
 import logging
 import time
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.atomic import atomic_file, save_image_atomic, write_json_atomic
+from spin_diffusion.compact import CompactStrings, StringIndex
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.interrupt import Interrupted, StopFlag
 
@@ -225,23 +227,25 @@ class OpponentSamples:
         manifest_path = self.dir / MANIFEST
         if not manifest_path.is_file():
             raise CheckpointError(f"{self.dir} has no {MANIFEST}: sampling did not finish")
-        self.manifest = json.loads(manifest_path.read_text())
-        self._files: list[str] = []
-        self._shard_ids: list[list[str]] = []
-        self._index: dict[str, tuple[int, int]] = {}
-        for s, shard in enumerate(self.manifest["shards"]):
-            self._files.append(shard["file"])
-            self._shard_ids.append(list(shard["ids"]))
-            for row, pid in enumerate(shard["ids"]):
-                self._index[pid] = (s, row)
-        if len(self._index) != self.manifest["num_prompts"]:
+        manifest = json.loads(manifest_path.read_text())
+        shards = manifest.pop("shards")  # the id lists are kept compactly below, not as JSON lists
+        self.manifest = manifest
+        self._files: list[str] = [shard["file"] for shard in shards]
+        self._ids = CompactStrings.concat(shard["ids"] for shard in shards)
+        self._starts = [0]
+        for shard in shards:
+            self._starts.append(self._starts[-1] + len(shard["ids"]))
+        del shards
+        self._index = StringIndex(self._ids)
+        distinct = self._index.distinct()
+        if distinct != manifest["num_prompts"]:
             raise CheckpointError(
-                f"{self.dir}: manifest lists {self.manifest['num_prompts']} prompts, shards hold {len(self._index)}"
+                f"{self.dir}: manifest lists {manifest['num_prompts']} prompts, shards hold {distinct}"
             )
         self._handles: OrderedDict[int, Any] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._index)
+        return len(self._ids)
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()  # memory maps do not cross process boundaries
@@ -250,10 +254,11 @@ class OpponentSamples:
 
     def latents(self, prompt_id: str) -> torch.Tensor:
         """All samples for one prompt: ``[n, C, h, w]`` (fp16 as stored)."""
-        try:
-            s, row = self._index[prompt_id]
-        except KeyError:
-            raise CheckpointError(f"{self.dir} has no samples for prompt id {prompt_id!r}") from None
+        pos = self._index.find(prompt_id)
+        if pos is None:
+            raise CheckpointError(f"{self.dir} has no samples for prompt id {prompt_id!r}")
+        s = bisect_right(self._starts, pos) - 1
+        row = pos - self._starts[s]
         return self._shard(s).get_slice("latents")[row : row + 1][0]
 
     def _shard(self, s: int) -> Any:
@@ -261,7 +266,8 @@ class OpponentSamples:
             self._handles.move_to_end(s)
             return self._handles[s]
         path = self.dir / self._files[s]
-        problem = shard_problem(path, self._shard_ids[s], self.manifest.get("samples_per_prompt"))
+        ids = self._ids[self._starts[s] : self._starts[s + 1]]
+        problem = shard_problem(path, ids, self.manifest.get("samples_per_prompt"))
         if problem is not None:
             raise CheckpointError(f"{path} {problem}; run the same command to sample it again")
         self._handles[s] = _open_shard(path)

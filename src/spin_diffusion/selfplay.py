@@ -88,6 +88,19 @@ class SelfPlayData(_CacheData):
         return real, generated[pick]
 
 
+class PhaseClock:
+    """Wall seconds of consecutive phases: ``lap(name)`` ends the phase that began at the previous lap."""
+
+    def __init__(self) -> None:
+        self.laps: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.laps[name] = round(self.laps.get(name, 0.0) + now - self._last, 2)
+        self._last = now
+
+
 def _coin(rng: torch.Generator, enabled: bool) -> bool:
     import torch
 
@@ -198,6 +211,7 @@ def _run_locked(
 
     run_dir = cfg.run_dir
     started = time.time()
+    clock = PhaseClock()
     for part in (pipe.vae, pipe.text_encoder):
         part.requires_grad_(False)
         part.eval()
@@ -213,6 +227,7 @@ def _run_locked(
             pairs=cfg.method in PREFERENCE_METHODS,
             show_progress=show_progress and accelerator.is_main_process,
         )
+    clock.lap("encode")
     if len(cache) == 0:
         raise ConfigError(f"data source {data_cfg.path} has no usable examples")
     if accelerator.is_main_process:
@@ -265,10 +280,13 @@ def _run_locked(
 
     results = {"name": cfg.name, "method": cfg.method, "iterations": history, "base_fingerprint": base_fp}
     if accelerator.is_main_process:
+        clock.lap("iterations")
         evaluation = _evaluate(cfg, run_dir, len(history))
+        clock.lap("evaluate")
         if evaluation is not None:
             results["evaluation"] = evaluation
         results["seconds"] = round(time.time() - started, 1)
+        results["phase_seconds"] = clock.laps  # this invocation's: a resumed run counts only what it redid
         write_json_atomic(run_dir / "results.json", results)
         eval_md = run_dir / "eval" / "results.md"
         write_text_atomic(
@@ -399,6 +417,7 @@ def _run_iteration(
     train_cfg = cfg.training_for(k)
     data_cfg = cfg.data_config()
     seed = cfg.seed + 1000 * k
+    clock = PhaseClock()
 
     # 1. the opponent's samples (SPIN only)
     samples = None
@@ -418,6 +437,7 @@ def _run_iteration(
             show_progress=show_progress,
         )
         data = SelfPlayData(cache, flip=data_cfg.random_flip, samples=samples)
+        clock.lap("sample")
     elif cfg.method in PREFERENCE_METHODS:
         data = PreferenceData(cache, flip=data_cfg.random_flip)
     else:
@@ -475,6 +495,7 @@ def _run_iteration(
             ),
             source=str(table_path),
         )
+        clock.lap("reference")
 
     # a LoRA on theta_{k-1} (k > 1) is saved stacked on iteration k-1's, so it is relative to the base
     previous = iter_dir.parent / f"iter-{k - 1}" / "model" if lora.enabled and k > 1 else None
@@ -505,8 +526,11 @@ def _run_iteration(
         log_step_offset=offset,  # one curve over the whole run: wandb drops steps that go backwards
         on_step=validate_every if every else None,
     )
+    clock.lap("setup")
     result = trainer.train()
+    clock.lap("train")
     log_validation(accelerator, pipe, trainer.unet, vset, trackers, offset + result.steps)
+    clock.lap("validation")
     trained = accelerator.unwrap_model(trainer.unet)
     model_dir = iter_dir / "model"
     if accelerator.is_main_process:
@@ -515,6 +539,7 @@ def _run_iteration(
     accelerator.wait_for_everyone()
     next_opponent = merged_copy(trained)
     del trainer, unet, reference
+    clock.lap("save")
     return {
         "iteration": k,
         "steps": result.steps,
@@ -526,6 +551,7 @@ def _run_iteration(
         "samples": None if samples is None else str(samples.dir.relative_to(iter_dir.parent)),
         "world_size": result.world_size,
         "global_batch": result.global_batch,
+        "seconds": clock.laps,
         "_next_opponent": next_opponent,
     }
 

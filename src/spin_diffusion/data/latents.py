@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from spin_diffusion import __version__
 from spin_diffusion.atomic import atomic_file, write_json_atomic
+from spin_diffusion.compact import CompactStringsBuilder
 from spin_diffusion.data.config import DataConfig
 from spin_diffusion.data.sources import DataSource, Example, PairExample, source_fingerprint
 from spin_diffusion.data.transforms import ImageTransform, drop_caption, flip_for, hflip
@@ -184,10 +185,10 @@ class LatentCache:
         self.flips: bool = manifest["settings"]["random_flip"]
         self.encoded_count = 0  # images encoded by the ensure_latent_cache call that returned this
         self.status = "reused"  # reused | built | resumed | rebuilt
-        self.ids: list[str] = []
-        self.captions: list[str] = []
         self._files: list[Path] = []
         self._starts: list[int] = []
+        ids_builder, captions_builder = CompactStringsBuilder(), CompactStringsBuilder()
+        count = 0
         for shard in manifest["shards"]:
             path = self.cache_dir / shard["file"]
             header = _shard_header(path)
@@ -196,10 +197,14 @@ class LatentCache:
                 raise DataError(
                     f"latent cache {path}: holds {len(ids)} examples, manifest says {shard['count']}"
                 )
-            self._starts.append(len(self.ids))
+            self._starts.append(count)
             self._files.append(path)
-            self.ids.extend(ids)
-            self.captions.extend(caps)
+            ids_builder.extend(ids)
+            captions_builder.extend(caps)
+            count += len(ids)
+        # Flat buffers, not lists of str: memory per example stays a few bytes over its text.
+        self.ids = ids_builder.build()
+        self.captions = captions_builder.build()
         self._handles: dict[int, Any] = {}
 
     def __len__(self) -> int:
