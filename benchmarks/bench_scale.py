@@ -166,7 +166,7 @@ def run(sizes: list[int], work: Path, batches: int, batch_size: int) -> list[dic
 
 def render(rows: list[dict[str, float]]) -> str:
     lines = [
-        "| prompts | start-up (s) | own memory (MiB, RssAnon) | of which data (MiB) | mapped file pages (MiB) "
+        "| prompts | start-up (s) | own memory (MiB, RssAnon) | change over imports (MiB) | mapped file pages (MiB) "
         "| data time / batch (ms, median / max) | manifests (KiB: latents / samples) | open files |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -187,8 +187,7 @@ def render(rows: list[dict[str, float]]) -> str:
         f"Measured growth: about {per_item:.0f} bytes per prompt; the per-prompt structures (ids and captions of "
         f"the cache and of the samples, and the id index) hold exactly {hi['held_bytes_per_prompt']:.0f} bytes per "
         f"prompt, {hi['held_bytes_per_prompt'] * 1e6 / 2**20:.0f} MiB at 10^6 prompts. Mapped file pages are the latents read so far; "
-        "the kernel drops them under memory pressure, and they are bounded by the readahead of the rows "
-        "touched, not by the data set.",
+        "the kernel drops them under memory pressure (they are not the process's own memory).",
     ]
     return "\n".join(lines)
 
