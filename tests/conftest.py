@@ -54,3 +54,29 @@ def tiny_vpred_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny_v") / "pipeline"
     build_tiny_pipeline(tiny_spec("v_prediction"), seed=1).save_pretrained(str(path), safe_serialization=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny StableDiffusionXLPipeline (two text encoders, text_time UNet), saved like a real one."""
+    from dataclasses import replace
+
+    from spin_diffusion.tiny_pipeline import build_tiny_sdxl_pipeline
+
+    path = tmp_path_factory.mktemp("tiny_xl") / "pipeline"
+    spec = replace(tiny_spec(), linear_projection=True)
+    build_tiny_sdxl_pipeline(spec, seed=2).save_pretrained(str(path), safe_serialization=True)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny SD-2.x-shaped pipeline: v-prediction and linear transformer projections."""
+    from dataclasses import replace
+
+    from spin_diffusion.tiny_pipeline import build_tiny_pipeline
+
+    path = tmp_path_factory.mktemp("tiny_sd2") / "pipeline"
+    spec = replace(tiny_spec("v_prediction"), linear_projection=True)
+    build_tiny_pipeline(spec, seed=3).save_pretrained(str(path), safe_serialization=True)
+    return path

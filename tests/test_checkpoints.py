@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from spin_diffusion.checkpoints import list_checkpoints
+from spin_diffusion.conditioning import prompt_encoder
 from spin_diffusion.config import TrainingConfig
 from spin_diffusion.errors import UserError
 from spin_diffusion.models import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
@@ -48,8 +49,7 @@ def _trainer(pipe, out_dir: Path, cfg: TrainingConfig = CFG) -> Trainer:
         accelerator=Accelerator(cpu=True),
         unet=unet,
         noise_scheduler=sched,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
+        prompts=prompt_encoder(pipe),
         data=SyntheticPairs(CAPTIONS),
         reference=ModuleReference(frozen_copy(pipe.unet), sched),
         out_dir=out_dir,

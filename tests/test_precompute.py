@@ -15,7 +15,7 @@ from PIL import Image
 from launch import train_two_processes
 from spin_diffusion.batches import make_batch, micro_batch_items
 from spin_diffusion.cli import main
-from spin_diffusion.conditioning import encode_prompts
+from spin_diffusion.conditioning import encode_prompts, prompt_encoder
 from spin_diffusion.config import TrainingConfig
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.models import frozen_copy, load_pipeline, training_scheduler
@@ -127,8 +127,7 @@ def _precompute(pipe, reference, plan: ReferencePlan, chunk_dir: Path, rank: int
     return precompute_reference_errors(
         reference,
         SyntheticPairs(),
-        pipe.text_encoder,
-        pipe.tokenizer,
+        prompt_encoder(pipe),
         plan=plan,
         chunk_dir=chunk_dir,
         key={"reference": "r"},

@@ -10,7 +10,7 @@ import torch
 
 from spin_diffusion.batches import make_batch, micro_batch_items
 from spin_diffusion.checkpoints import list_checkpoints
-from spin_diffusion.conditioning import encode_prompts
+from spin_diffusion.conditioning import encode_prompts, prompt_encoder
 from spin_diffusion.config import TrainingConfig
 from spin_diffusion.losses import compute_loss
 from spin_diffusion.models import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
@@ -41,8 +41,7 @@ def _trainer(pipe, out_dir: Path, cfg: TrainingConfig, data=None, method: str = 
         accelerator=_accelerator(),
         unet=unet,
         noise_scheduler=sched,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
+        prompts=prompt_encoder(pipe),
         data=data or SyntheticPairs(),
         reference=reference,
         out_dir=out_dir,
@@ -100,8 +99,7 @@ def test_precomputed_reference_gives_the_same_loss(pipe, tmp_path: Path) -> None
     table = precompute_reference_errors(
         ref,
         data,
-        pipe.text_encoder,
-        pipe.tokenizer,
+        prompt_encoder(pipe),
         plan=plan,
         chunk_dir=tmp_path / "chunks",
         key={},

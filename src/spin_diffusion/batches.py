@@ -12,12 +12,31 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     import torch
+
+    from spin_diffusion.conditioning import SizeCond
+
+
+@dataclass(frozen=True)
+class Members:
+    """One example's latents and, where known, each image's size and crop (SDXL's ``add_time_ids``).
+
+    A size of None means "seen whole at the trained size" (a generated sample).
+    Unpacks as ``(a, b)``, like the plain tuple a ``TrainingData`` may return.
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor | None = None
+    size_a: SizeCond | None = None
+    size_b: SizeCond | None = None
+
+    def __iter__(self) -> Iterator[torch.Tensor | None]:
+        return iter((self.a, self.b))
 
 
 class TrainingData(Protocol):
@@ -31,8 +50,9 @@ class TrainingData(Protocol):
 
     def latents(
         self, index: int, epoch: int, rng: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(a, b)``: a = real/winner latent, b = generated/loser latent (None for SFT)."""
+    ) -> Members | tuple[torch.Tensor, torch.Tensor | None]:
+        """``(a, b)``: a = real/winner latent, b = generated/loser latent (None for SFT); a
+        :class:`Members` also carries each image's size and crop."""
         ...
 
 
@@ -50,6 +70,8 @@ class Batch:
     latents_b: torch.Tensor | None
     timesteps: torch.Tensor
     noise: torch.Tensor
+    size_cond_a: list[SizeCond | None] = field(default_factory=list)  # per example; None: the trained size
+    size_cond_b: list[SizeCond | None] = field(default_factory=list)
 
 
 def make_batch(
@@ -63,11 +85,14 @@ def make_batch(
     """Assemble a batch of (index, epoch) items with per-item seeded t, noise and choices."""
     import torch
 
-    caps, lat_a, lat_b, ts, noises = [], [], [], [], []
+    caps, lat_a, lat_b, ts, noises, size_a, size_b = [], [], [], [], [], [], []
     for index, epoch in items:
         gen = torch.Generator().manual_seed(example_seed(seed, index, epoch))
-        a, b = data.latents(index, epoch, gen)
-        a = a.float()
+        got = data.latents(index, epoch, gen)
+        members = got if isinstance(got, Members) else Members(*got)
+        a, b = members.a.float(), members.b
+        size_a.append(members.size_a)
+        size_b.append(members.size_b)
         t = int(torch.randint(0, num_train_timesteps, (1,), generator=gen))
         noise = torch.randn(a.shape, generator=gen)
         drop = caption_dropout > 0 and float(torch.rand(1, generator=gen)) < caption_dropout
@@ -85,6 +110,8 @@ def make_batch(
         latents_b=torch.stack(lat_b) if lat_b else None,
         timesteps=torch.tensor(ts, dtype=torch.long),
         noise=torch.stack(noises),
+        size_cond_a=size_a,
+        size_cond_b=size_b,
     )
 
 

@@ -31,6 +31,7 @@ from spin_diffusion.objectives_dpo_family import (
 if TYPE_CHECKING:
     import torch
 
+    from spin_diffusion.conditioning import Conditioning
     from spin_diffusion.config import TrainingConfig
     from spin_diffusion.reference import Reference
 
@@ -51,7 +52,7 @@ class PairErrors:
     r_b: torch.Tensor
 
 
-ErrorsFn = Callable[["TrainingConfig", Any, Any, "Reference", Batch, "torch.Tensor"], PairErrors]
+ErrorsFn = Callable[["TrainingConfig", Any, Any, "Reference", Batch, "Conditioning"], PairErrors]
 Objective = Callable[[PairErrors, "TrainingConfig"], "torch.Tensor"]
 
 
@@ -68,7 +69,7 @@ def forward_noised_errors(
     noise_scheduler: Any,
     reference: Reference,
     batch: Batch,
-    emb: torch.Tensor,
+    emb: Conditioning,
 ) -> PairErrors:
     """Both members noised with the pair's shared ``t`` and noise; one forward of the model on the pair."""
     import torch
@@ -77,7 +78,7 @@ def forward_noised_errors(
 
     b, device = len(batch.indices), emb.device
     latents = torch.cat([batch.latents_a, batch.latents_b]).to(device)
-    emb2 = emb.repeat(2, 1, 1)
+    emb2 = emb.pair()  # each pair member keeps its own SDXL size conditioning
     t2, eps2 = batch.timesteps.repeat(2).to(device), batch.noise.repeat(2, 1, 1, 1).to(device)
     model_err = prediction_error(unet, noise_scheduler, latents, emb2, t2, eps2)
     ref_err = reference.errors(batch, latents, emb2).detach()
@@ -90,7 +91,7 @@ def inverted_errors(
     noise_scheduler: Any,
     reference: Reference,
     batch: Batch,
-    emb: torch.Tensor,
+    emb: Conditioning,
 ) -> PairErrors:
     """Inversion-DPO's seam: x_t from DDIM inversion under the reference, its prediction as the target.
 
@@ -107,7 +108,7 @@ def inverted_errors(
         raise ConfigError("inversion-dpo needs a live reference model (training.precompute_reference: false)")
     b, device = len(batch.indices), emb.device
     x0 = torch.cat([batch.latents_a, batch.latents_b]).to(device)
-    emb2 = emb.repeat(2, 1, 1)
+    emb2 = emb.pair()
     t2 = batch.timesteps.repeat(2).to(device)
     x_t = ddim_invert(
         lambda x, tau: predict_ref(x, tau, emb2),
@@ -119,7 +120,7 @@ def inverted_errors(
     )
     target = predict_ref(x_t, t2, emb2)
     dtype = next(unet.parameters()).dtype
-    pred = unet(x_t.to(dtype), t2, emb2.to(dtype)).sample
+    pred = unet(x_t.to(dtype), t2, **emb2.unet_kwargs(dtype)).sample
     model_err = denoising_error(pred, target)
     zero = torch.zeros_like(model_err).detach()
     return PairErrors(model_err[:b], zero[:b], model_err[b:], zero[b:])
@@ -175,9 +176,16 @@ def compute_loss(
     noise_scheduler: Any,
     reference: Reference | None,
     batch: Batch,
-    emb: torch.Tensor,
+    emb: Conditioning | torch.Tensor,
 ) -> LossOutput:
-    """One forward of the trained model on the whole (concatenated) batch, then the objective."""
+    """One forward of the trained model on the whole (concatenated) batch, then the objective.
+
+    ``emb`` is the batch's conditioning from the model family's prompt encoder
+    (bare hidden states are taken as SD 1/2 conditioning).
+    """
+    from spin_diffusion.conditioning import as_conditioning
+
+    emb = as_conditioning(emb)
     if method == "sft":
         return _sft(cfg, unet, noise_scheduler, batch, emb)
     spec = PAIR_METHODS.get(method)
@@ -200,7 +208,7 @@ def compute_loss(
     return LossOutput(loss, metrics)
 
 
-def _sft(cfg: TrainingConfig, unet: Any, noise_scheduler: Any, batch: Batch, emb: torch.Tensor) -> LossOutput:
+def _sft(cfg: TrainingConfig, unet: Any, noise_scheduler: Any, batch: Batch, emb: Conditioning) -> LossOutput:
     from spin_diffusion.models import prediction_error
 
     device = emb.device

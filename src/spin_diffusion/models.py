@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.atomic import atomic_directory
+from spin_diffusion.conditioning import Conditioning, as_conditioning, family_for_class, family_of_directory
 from spin_diffusion.errors import CheckpointError, ConfigError
 from spin_diffusion.objectives import denoising_error
 
@@ -26,7 +27,6 @@ if TYPE_CHECKING:
     import torch
     from diffusers import DiffusionPipeline, UNet2DConditionModel
 
-REQUIRED_COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 LORA_WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 DEFAULT_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -89,6 +89,7 @@ def load_pipeline(
                 "point model.pretrained at a folder saved with save_pretrained()"
             )
         source = str(path)
+        family_of_directory(path)  # an unsupported pipeline class is refused before its weights load
         if "safety_checker" in (path / "model_index.json").read_text():
             kwargs.update(safety_checker=None, requires_safety_checker=False)
     elif looks_like_local_path(name):
@@ -108,9 +109,12 @@ def load_pipeline(
                 "download the model elsewhere and pass its local directory"
             ) from exc
         raise CheckpointError(f"could not load pipeline from {source}: {str(exc).splitlines()[0]}") from exc
-    missing = [c for c in REQUIRED_COMPONENTS if getattr(pipe, c, None) is None]
+    family = family_for_class(type(pipe).__name__, source)
+    missing = [c for c in family.required_components if getattr(pipe, c, None) is None]
     if missing:
-        raise CheckpointError(f"{source} is not a text-to-image pipeline: missing {', '.join(missing)}")
+        raise CheckpointError(
+            f"{source} is not a complete {family.pipeline_class}: missing {', '.join(missing)}"
+        )
     if trained is not None:
         load_trained_into(pipe, trained)
     pipe.set_progress_bar_config(disable=True)
@@ -201,15 +205,19 @@ def prediction_error(
     unet: torch.nn.Module,
     noise_scheduler: Any,
     latents: torch.Tensor,
-    encoder_hidden_states: torch.Tensor,
+    cond: Conditioning | torch.Tensor,
     timesteps: torch.Tensor,
     noise: torch.Tensor,
 ) -> torch.Tensor:
-    """Per-sample denoising error ``err(model, x0, c, t, eps)`` of DESIGN.md section 2, shape ``[B]``."""
+    """Per-sample denoising error ``err(model, x0, c, t, eps)`` of DESIGN.md section 2, shape ``[B]``.
+
+    ``cond`` comes from the model family's prompt encoder (bare hidden states
+    are taken as SD 1/2 conditioning).
+    """
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     target = diffusion_target(noise_scheduler, latents, noise, timesteps)
     dtype = next(unet.parameters()).dtype
-    pred = unet(noisy.to(dtype), timesteps, encoder_hidden_states.to(dtype)).sample
+    pred = unet(noisy.to(dtype), timesteps, **as_conditioning(cond).unet_kwargs(dtype)).sample
     return denoising_error(pred, target)
 
 

@@ -17,17 +17,17 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from spin_diffusion.atomic import atomic_file
 from spin_diffusion.batches import Batch, TrainingData, make_batch, micro_batch_items
-from spin_diffusion.conditioning import encode_prompts
 from spin_diffusion.errors import CheckpointError
 
 if TYPE_CHECKING:
     import torch
 
+    from spin_diffusion.conditioning import Conditioning, PromptEncoder
     from spin_diffusion.config import TrainingConfig
 
 
 class Reference(Protocol):
-    def errors(self, batch: Batch, latents: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def errors(self, batch: Batch, latents: torch.Tensor, emb: Conditioning) -> torch.Tensor:
         """Reference errors for the (doubled) batch, shape ``[2B]``, no gradient."""
         ...
 
@@ -40,7 +40,7 @@ class ModuleReference:
     noise_scheduler: Any
     disable_adapters: bool = False
 
-    def errors(self, batch: Batch, latents: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def errors(self, batch: Batch, latents: torch.Tensor, emb: Conditioning) -> torch.Tensor:
         import torch
 
         from spin_diffusion.models import adapters_disabled, prediction_error
@@ -52,16 +52,18 @@ class ModuleReference:
                 self.unet, self.noise_scheduler, latents, emb, t2.to(latents.device), eps2.to(latents.device)
             ).float()
 
-    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def predict(self, latents: torch.Tensor, timesteps: torch.Tensor, emb: Conditioning) -> torch.Tensor:
         """The reference's raw output at given noisy latents (what DDIM inversion steps with), no gradient."""
         import torch
 
+        from spin_diffusion.conditioning import as_conditioning
         from spin_diffusion.models import adapters_disabled
 
         ctx = adapters_disabled(self.unet) if self.disable_adapters else contextlib.nullcontext()
         dtype = next(self.unet.parameters()).dtype
+        kwargs = as_conditioning(emb).unet_kwargs(dtype)
         with torch.no_grad(), ctx:
-            return self.unet(latents.to(dtype), timesteps, emb.to(dtype)).sample.float()
+            return self.unet(latents.to(dtype), timesteps, **kwargs).sample.float()
 
 
 @dataclass
@@ -75,7 +77,7 @@ class PrecomputedReference:
     table: torch.Tensor  # [epochs, N, 2] float32: (err_a, err_b), NaN where not computed
     source: str = "the precomputed reference errors"
 
-    def errors(self, batch: Batch, latents: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    def errors(self, batch: Batch, latents: torch.Tensor, emb: Conditioning) -> torch.Tensor:
         import torch
 
         e = torch.tensor(batch.epoch)
@@ -152,8 +154,7 @@ class ReferencePlan:
 def reference_batch_errors(
     reference: ModuleReference,
     data: TrainingData,
-    text_encoder: Any,
-    tokenizer: Any,
+    prompts: PromptEncoder,
     micro_batches: Sequence[Sequence[tuple[int, int]]],
     *,
     seed: int,
@@ -173,10 +174,10 @@ def reference_batch_errors(
         batch = make_batch(
             data, items, seed=seed, num_train_timesteps=num_train_timesteps, caption_dropout=caption_dropout
         )
-        emb = encode_prompts(text_encoder, tokenizer, batch.captions)
+        emb = prompts.for_batch(batch)
         lat = torch.cat([batch.latents_a, batch.latents_b]).to(device)
         with autocast():
-            err = reference.errors(batch, lat, emb.repeat(2, 1, 1)).float().cpu()
+            err = reference.errors(batch, lat, emb.pair()).float().cpu()
         b = len(items)
         errors.append(torch.stack([err[:b], err[b:]], dim=1))
         epochs.append(torch.tensor(batch.epoch, dtype=torch.long))
@@ -208,8 +209,7 @@ def _chunk_done(path: Path, key: str, span: str) -> bool:
 def precompute_reference_errors(
     reference: ModuleReference,
     data: TrainingData,
-    text_encoder: Any,
-    tokenizer: Any,
+    prompts: PromptEncoder,
     *,
     plan: ReferencePlan,
     chunk_dir: Path,
@@ -254,8 +254,7 @@ def precompute_reference_errors(
         part = reference_batch_errors(
             reference,
             data,
-            text_encoder,
-            tokenizer,
+            prompts,
             plan.micro_batches(s, e),
             seed=plan.seed,
             num_train_timesteps=num_train_timesteps,

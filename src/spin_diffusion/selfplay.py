@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.atomic import atomic_file, write_json_atomic, write_text_atomic
+from spin_diffusion.batches import Members
 from spin_diffusion.config import PREFERENCE_METHODS, RunConfig
 from spin_diffusion.errors import ConfigError
 from spin_diffusion.rundir import (
@@ -59,8 +60,9 @@ class RealData(_CacheData):
 
     paired = False
 
-    def latents(self, index: int, epoch: int, rng: torch.Generator) -> tuple[torch.Tensor, None]:
-        return self.cache.latents(index, flip=_coin(rng, self.flip)), None
+    def latents(self, index: int, epoch: int, rng: torch.Generator) -> Members:
+        flip = _coin(rng, self.flip)
+        return Members(self.cache.latents(index, flip=flip), size_a=self.cache.size_cond(index, flip=flip))
 
 
 class PreferenceData(_CacheData):
@@ -68,8 +70,11 @@ class PreferenceData(_CacheData):
 
     paired = True
 
-    def latents(self, index: int, epoch: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cache.pair_latents(index, flip=_coin(rng, self.flip))
+    def latents(self, index: int, epoch: int, rng: torch.Generator) -> Members:
+        flip = _coin(rng, self.flip)
+        win, lose = self.cache.pair_latents(index, flip=flip)
+        size_win, size_lose = self.cache.pair_size_cond(index, flip=flip)
+        return Members(win, lose, size_win, size_lose)
 
 
 @dataclass
@@ -79,13 +84,15 @@ class SelfPlayData(_CacheData):
     samples: Any = None
     paired = True
 
-    def latents(self, index: int, epoch: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def latents(self, index: int, epoch: int, rng: torch.Generator) -> Members:
         import torch
 
-        real = self.cache.latents(index, flip=_coin(rng, self.flip))
+        flip = _coin(rng, self.flip)
+        real = self.cache.latents(index, flip=flip)
         generated = self.samples.latents(self.cache.ids[index])
         pick = int(torch.randint(0, generated.shape[0], (1,), generator=rng))
-        return real, generated[pick]
+        # a generated sample is seen whole at the size it was made: size None
+        return Members(real, generated[pick], size_a=self.cache.size_cond(index, flip=flip))
 
 
 class PhaseClock:
@@ -160,6 +167,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from spin_diffusion.conditioning import prompt_encoder
     from spin_diffusion.data.latents import latent_cache_key
     from spin_diffusion.models import check_lora_targets, load_pipeline
 
@@ -174,6 +182,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     for k in range(1, len(cfg.iterations) + 1):  # a global batch that does not fit this launch
         cfg.training_for(k).accumulation_steps(accelerator.num_processes)
     pipe = load_pipeline(cfg.model.pretrained, revision=cfg.model.revision)
+    prompts = prompt_encoder(pipe)  # the model family, resolved once from the pipeline's class
     data_cfg = cfg.data_config()
     data_record = {
         "latent_cache_key": latent_cache_key(data_cfg, pipe.vae, pairs=cfg.method in PREFERENCE_METHODS),
@@ -193,13 +202,14 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
             write_run_config(cfg)
             record_data(cfg.run_dir, data_record)
         accelerator.wait_for_everyone()
-        return _run_locked(cfg, accelerator, pipe, data_cfg, data_record, show_progress)
+        return _run_locked(cfg, accelerator, pipe, prompts, data_cfg, data_record, show_progress)
 
 
 def _run_locked(
     cfg: RunConfig,
     accelerator: Any,
     pipe: Any,
+    prompts: Any,
     data_cfg: Any,
     data_record: dict[str, Any],
     show_progress: bool,
@@ -212,7 +222,7 @@ def _run_locked(
     run_dir = cfg.run_dir
     started = time.time()
     clock = PhaseClock()
-    for part in (pipe.vae, pipe.text_encoder):
+    for part in (pipe.vae, *prompts.modules):
         part.requires_grad_(False)
         part.eval()
     pipe.to(accelerator.device)
@@ -231,7 +241,7 @@ def _run_locked(
     if len(cache) == 0:
         raise ConfigError(f"data source {data_cfg.path} has no usable examples")
     if accelerator.is_main_process:
-        warn_caption_tokens(pipe.tokenizer, cache.captions, log)
+        warn_caption_tokens(prompts.tokenizer, cache.captions, log)
         log_startup_summary(cfg, accelerator, len(cache))
 
     # theta_0. Only the current opponent is kept (no separate copy of the base): memory stays the
@@ -258,6 +268,7 @@ def _run_locked(
             k,
             accelerator,
             pipe,
+            prompts,
             opponent,
             opponent_fp,
             noise_scheduler,
@@ -390,6 +401,7 @@ def _run_iteration(
     k: int,
     accelerator: Any,
     pipe: Any,
+    prompts: Any,
     opponent: Any,
     opponent_fp: str,
     noise_scheduler: Any,
@@ -478,8 +490,7 @@ def _run_iteration(
                 lambda ref=reference: precompute_reference_errors(
                     ref,
                     data,
-                    pipe.text_encoder,
-                    pipe.tokenizer,
+                    prompts,
                     plan=plan,
                     chunk_dir=iter_dir / "reference_errors",
                     key=key,
@@ -513,8 +524,7 @@ def _run_iteration(
         accelerator=accelerator,
         unet=unet,
         noise_scheduler=noise_scheduler,
-        text_encoder=pipe.text_encoder,
-        tokenizer=pipe.tokenizer,
+        prompts=prompts,
         data=data,
         reference=reference,
         out_dir=iter_dir,

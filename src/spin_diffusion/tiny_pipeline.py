@@ -1,18 +1,23 @@
-"""Build a real, tiny Stable Diffusion pipeline offline, from configs only.
+"""Build a real, tiny Stable Diffusion (1.x/2.x or XL) pipeline offline, from configs only.
 
 Tests, the demo and the toy world need the exact code path users run on
-SD-1.5 (same classes, same ``save_pretrained`` layout, same loader) without
-downloading weights; this module assembles one from small configs.
+SD-1.5, SD-2.1 or SDXL (same classes, same ``save_pretrained`` layout, same
+loader) without downloading weights; this module assembles one from small configs.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import (
+        AutoencoderKL,
+        StableDiffusionPipeline,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
     from transformers import CLIPTokenizer
 
 BOS = "<|startoftext|>"
@@ -81,6 +86,8 @@ class TinyPipelineSpec:
     max_length: int = 16
     prediction_type: str = "epsilon"
     num_train_timesteps: int = 1000
+    linear_projection: bool = False  # SD 2.x and SDXL use linear projections in their transformers
+    addition_time_embed_dim: int = 8  # SDXL only: embedding width of each of the 6 size ids
 
     @property
     def latent_size(self) -> int:
@@ -88,22 +95,78 @@ class TinyPipelineSpec:
 
 
 def build_tiny_pipeline(spec: TinyPipelineSpec | None = None, seed: int = 0) -> StableDiffusionPipeline:
-    """Assemble a randomly initialised ``StableDiffusionPipeline`` from ``spec``."""
+    """Assemble a randomly initialised ``StableDiffusionPipeline`` from ``spec``.
+
+    With ``prediction_type="v_prediction"`` and ``linear_projection=True`` it has
+    the shape of SD 2.x (768-v) in miniature.
+    """
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        DDPMScheduler,
-        DPMSolverMultistepScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import StableDiffusionPipeline
 
     spec = spec or TinyPipelineSpec()
     tokenizer = build_word_tokenizer(spec.words, spec.max_length)
     torch.manual_seed(seed)
+    unet = _unet(spec, cross_attention_dim=spec.text_hidden_size)
+    vae = _vae(spec)
+    text_encoder = _text_encoder(spec, tokenizer)
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=_scheduler(spec),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def build_tiny_sdxl_pipeline(
+    spec: TinyPipelineSpec | None = None, seed: int = 0
+) -> StableDiffusionXLPipeline:
+    """Assemble a randomly initialised ``StableDiffusionXLPipeline`` from ``spec``.
+
+    As in SDXL: two CLIP text encoders (the second with a projection, whose
+    pooled output is ``text_embeds``), a UNet conditioned on both encoders'
+    hidden states side by side and with ``addition_embed_type="text_time"``
+    (6 size ids embedded with ``addition_time_embed_dim`` each, plus the pooled
+    projection), and ``force_zeros_for_empty_prompt``.
+    """
+    import torch
+    from diffusers import StableDiffusionXLPipeline
+
+    spec = spec or TinyPipelineSpec()
+    tokenizer = build_word_tokenizer(spec.words, spec.max_length)
+    tokenizer_2 = build_word_tokenizer(spec.words, spec.max_length)
+    torch.manual_seed(seed)
+    unet = _unet(
+        spec,
+        cross_attention_dim=2 * spec.text_hidden_size,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=spec.addition_time_embed_dim,
+        projection_class_embeddings_input_dim=6 * spec.addition_time_embed_dim + spec.text_hidden_size,
+    )
+    vae = _vae(spec)
+    text_encoder = _text_encoder(spec, tokenizer)
+    text_encoder_2 = _text_encoder(spec, tokenizer_2, projection=True)
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=_scheduler(spec),
+        force_zeros_for_empty_prompt=True,
+        add_watermarker=False,
+    )
+
+
+def _unet(spec: TinyPipelineSpec, **extra: Any) -> UNet2DConditionModel:
+    from diffusers import UNet2DConditionModel
+
     n_unet = len(spec.unet_channels)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         sample_size=spec.latent_size,
         in_channels=spec.latent_channels,
         out_channels=spec.latent_channels,
@@ -111,12 +174,18 @@ def build_tiny_pipeline(spec: TinyPipelineSpec | None = None, seed: int = 0) -> 
         layers_per_block=spec.layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * (n_unet - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n_unet - 1),
-        cross_attention_dim=spec.text_hidden_size,
         attention_head_dim=spec.attention_head_dim,
         norm_num_groups=spec.norm_num_groups,
+        use_linear_projection=spec.linear_projection,
+        **extra,
     )
+
+
+def _vae(spec: TinyPipelineSpec) -> AutoencoderKL:
+    from diffusers import AutoencoderKL
+
     n_vae = len(spec.vae_channels)
-    vae = AutoencoderKL(
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         block_out_channels=spec.vae_channels,
@@ -127,19 +196,29 @@ def build_tiny_pipeline(spec: TinyPipelineSpec | None = None, seed: int = 0) -> 
         norm_num_groups=spec.norm_num_groups,
         scaling_factor=spec.vae_scaling_factor,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer.get_vocab()),
-            hidden_size=spec.text_hidden_size,
-            intermediate_size=spec.text_hidden_size * 4,
-            num_hidden_layers=spec.text_layers,
-            num_attention_heads=spec.text_heads,
-            max_position_embeddings=spec.max_length,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+
+
+def _text_encoder(spec: TinyPipelineSpec, tokenizer: CLIPTokenizer, projection: bool = False) -> Any:
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer.get_vocab()),
+        hidden_size=spec.text_hidden_size,
+        intermediate_size=spec.text_hidden_size * 4,
+        num_hidden_layers=spec.text_layers,
+        num_attention_heads=spec.text_heads,
+        max_position_embeddings=spec.max_length,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        projection_dim=spec.text_hidden_size,
     )
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+def _scheduler(spec: TinyPipelineSpec) -> Any:
+    from diffusers import DDPMScheduler, DPMSolverMultistepScheduler
+
     train_scheduler = DDPMScheduler(
         num_train_timesteps=spec.num_train_timesteps,
         beta_schedule="scaled_linear",
@@ -149,14 +228,4 @@ def build_tiny_pipeline(spec: TinyPipelineSpec | None = None, seed: int = 0) -> 
         clip_sample=False,
         steps_offset=1,
     )
-    scheduler = DPMSolverMultistepScheduler.from_config(train_scheduler.config)
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return DPMSolverMultistepScheduler.from_config(train_scheduler.config)

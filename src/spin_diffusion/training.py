@@ -32,7 +32,6 @@ from spin_diffusion.checkpoints import (
     truncate_log,
     write_complete_marker,
 )
-from spin_diffusion.conditioning import encode_prompts
 from spin_diffusion.errors import UserError
 from spin_diffusion.interrupt import Interrupted, StopFlag
 from spin_diffusion.losses import compute_loss
@@ -41,6 +40,7 @@ from spin_diffusion.reference import Reference
 if TYPE_CHECKING:
     from accelerate import Accelerator
 
+    from spin_diffusion.conditioning import PromptEncoder
     from spin_diffusion.config import TrainingConfig
 
 log = logging.getLogger(__name__)
@@ -90,8 +90,7 @@ class Trainer:
         accelerator: Accelerator,
         unet: Any,
         noise_scheduler: Any,
-        text_encoder: Any,
-        tokenizer: Any,
+        prompts: PromptEncoder,
         data: TrainingData,
         reference: Reference | None,
         out_dir: Path,
@@ -108,8 +107,7 @@ class Trainer:
         self.acc = accelerator
         self.unet = unet
         self.noise_scheduler = noise_scheduler
-        self.text_encoder = text_encoder
-        self.tokenizer = tokenizer
+        self.prompts = prompts  # the model family's caption -> conditioning
         self.data = data
         self.reference = reference
         self.out_dir = Path(out_dir)
@@ -148,7 +146,7 @@ class Trainer:
 
             self.ema = EMAModel(self.acc.unwrap_model(self.unet).parameters(), decay=self.cfg.ema_decay)
         self.device = self.acc.device
-        self.text_encoder.to(self.device)
+        self.prompts.to(self.device)
         self.accumulation = self.cfg.accumulation_steps(self.acc.num_processes)
         self.global_batch = self.cfg.batch_size * self.acc.num_processes * self.accumulation
 
@@ -284,7 +282,7 @@ class Trainer:
         accum = self.accumulation
         sync = (self.micro_step + 1) % accum == 0
         with contextlib.nullcontext() if sync else self.acc.no_sync(self.unet):
-            emb = encode_prompts(self.text_encoder, self.tokenizer, batch.captions)
+            emb = self.prompts.for_batch(batch)
             with self.acc.autocast():
                 out = compute_loss(
                     self.method, self.cfg, self.unet, self.noise_scheduler, self.reference, batch, emb

@@ -3,7 +3,8 @@
 Layout of a cache directory (see docs/data.md)::
 
     manifest.json             settings key, VAE/source fingerprints, shard list, counts
-    shard-00000.safetensors   fp16 tensors [n, C, h, w] + ids/captions in the header
+    shard-00000.safetensors   fp16 tensors [n, C, h, w] + ids/captions in the header, and per
+                              image its original size and crop (int32 [n, 6], SDXL's add_time_ids)
 
 Shards are written atomically and listed in the manifest as they complete, so
 an interrupted build resumes where it stopped; a manifest whose settings
@@ -35,11 +36,12 @@ from spin_diffusion.errors import DataError
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: each image's original size and crop are stored (SDXL's add_time_ids)
 MANIFEST = "manifest.json"
 SHARD_PREFIX = "shard-"
 SHARD_SUFFIX = ".safetensors"
 ENCODING = "latent_dist.mode()"
+SIZE_PREFIX = "size_cond."  # + slot name: (original h, w, crop top, left, target h, w) per example
 
 #: Number of ``vae.encode`` calls made by this module in this process (tests count with it).
 ENCODE_CALLS = 0
@@ -216,14 +218,20 @@ class LatentCache:
         state["_handles"] = {}
         return state
 
-    def _get(self, i: int, slot: str) -> torch.Tensor:
+    def _row(self, i: int, name: str) -> torch.Tensor:
         if not 0 <= i < len(self.ids):
             raise IndexError(f"latent cache index {i} out of range (size {len(self.ids)})")
         s = bisect_right(self._starts, i) - 1
         if s not in self._handles:
             self._handles[s] = safe_open(str(self._files[s]), framework="pt")
         j = i - self._starts[s]
-        return self._handles[s].get_slice(slot)[j : j + 1][0].float()
+        return self._handles[s].get_slice(name)[j : j + 1][0]
+
+    def _get(self, i: int, slot: str) -> torch.Tensor:
+        return self._row(i, slot).float()
+
+    def _size(self, i: int, slot: str) -> tuple[int, int, int, int, int, int]:
+        return tuple(int(v) for v in self._row(i, SIZE_PREFIX + slot).tolist())  # type: ignore[return-value]
 
     def _slot(self, name: str, flip: bool) -> str:
         if flip and not self.flips:
@@ -239,6 +247,18 @@ class LatentCache:
         if not self.pairs:
             raise ValueError("this latent cache holds single images, not preference pairs")
         return self._get(i, self._slot("win", flip)), self._get(i, self._slot("lose", flip))
+
+    def size_cond(self, i: int, flip: bool = False) -> tuple[int, int, int, int, int, int]:
+        """(original h, w, crop top, crop left, target h, w) of the image :meth:`latents` returns."""
+        return self._size(i, self._slot("win" if self.pairs else "latents", flip))
+
+    def pair_size_cond(
+        self, i: int, flip: bool = False
+    ) -> tuple[tuple[int, int, int, int, int, int], tuple[int, int, int, int, int, int]]:
+        """The size conditioning of both images of preference pair ``i``."""
+        if not self.pairs:
+            raise ValueError("this latent cache holds single images, not preference pairs")
+        return self._size(i, self._slot("win", flip)), self._size(i, self._slot("lose", flip))
 
 
 class LatentDataset(torch.utils.data.Dataset):
@@ -287,8 +307,13 @@ class _ShardWriter:
         self.ids: list[str] = []
         self.captions: list[str] = []
         self.tensors: dict[str, list[torch.Tensor]] = {s: [] for s in slots}
+        self.sizes: dict[str, list[tuple[int, ...]]] = {s: [] for s in slots}
 
-    def add(self, ex_id: str, caption: str, latents: dict[str, torch.Tensor]) -> None:
+    def add(
+        self, ex_id: str, caption: str, latents: dict[str, torch.Tensor], sizes: dict[str, tuple[int, ...]]
+    ) -> None:
+        for slot, size in sizes.items():
+            self.sizes[slot].append(size)
         for slot, z in latents.items():
             z16 = z.to(torch.float16)
             if not torch.isfinite(z16).all():
@@ -308,6 +333,7 @@ class _ShardWriter:
         shards = self.manifest["shards"]
         name = f"{SHARD_PREFIX}{len(shards):05d}{SHARD_SUFFIX}"
         tensors = {s: torch.stack(v).contiguous() for s, v in self.tensors.items()}
+        tensors.update({SIZE_PREFIX + s: torch.tensor(v, dtype=torch.int32) for s, v in self.sizes.items()})
         meta = {"ids": json.dumps(self.ids), "captions": json.dumps(self.captions)}
         with atomic_file(self.cache_dir / name) as tmp:
             save_file(tensors, str(tmp), metadata=meta)
@@ -317,6 +343,7 @@ class _ShardWriter:
         write_json_atomic(self.cache_dir / MANIFEST, self.manifest, sort_keys=True)
         self.ids, self.captions = [], []
         self.tensors = {s: [] for s in self.slots}
+        self.sizes = {s: [] for s in self.slots}
 
 
 def _valid_prefix(cache_dir: Path, shards: list[dict]) -> tuple[list[dict], set[str]]:
@@ -404,18 +431,18 @@ def ensure_latent_cache(
     transform = ImageTransform(cfg)
     source = DataSource(cfg, pairs)
     encoded = 0
-    pending: list[tuple[str, str, dict[str, torch.Tensor]]] = []  # pixels per slot
+    pending: list[tuple[str, str, dict[str, torch.Tensor], dict[str, tuple[int, ...]]]] = []  # per slot
     n_pending = 0
 
     def encode_pending() -> None:
         nonlocal encoded, n_pending
-        flat = [px for _, _, slots in pending for px in slots.values()]
+        flat = [px for _, _, slots, _ in pending for px in slots.values()]
         outs = [
             encode_pixels(vae, torch.stack(flat[k : k + batch_size])) for k in range(0, len(flat), batch_size)
         ]
         latents = iter(torch.cat(outs)) if outs else iter(())
-        for ex_id, caption, slots in pending:
-            writer.add(ex_id, caption, {slot: next(latents) for slot in slots})
+        for ex_id, caption, slots, sizes in pending:
+            writer.add(ex_id, caption, {slot: next(latents) for slot in slots}, sizes)
         encoded += len(flat)
         pending.clear()
         n_pending = 0
@@ -426,7 +453,7 @@ def ensure_latent_cache(
             bar.update(1)
             if ex is None:
                 continue
-            pending.append((ex_id, ex.caption, _pixels(ex, transform, cfg.random_flip)))
+            pending.append((ex_id, ex.caption, *_pixels(ex, transform, cfg.random_flip)))
             n_pending += len(pending[-1][2])
             if n_pending >= batch_size:
                 encode_pending()
@@ -450,12 +477,19 @@ def ensure_latent_cache(
     return cache
 
 
-def _pixels(ex: Example | PairExample, transform: ImageTransform, flips: bool) -> dict[str, torch.Tensor]:
-    """Pixel tensors for every slot of one example (the flipped crop is the mirror of the same crop)."""
-    if isinstance(ex, PairExample):
-        out = {"win": transform(ex.image_win, ex.id), "lose": transform(ex.image_lose, ex.id)}
-    else:
-        out = {"latents": transform(ex.image, ex.id)}
+def _pixels(
+    ex: Example | PairExample, transform: ImageTransform, flips: bool
+) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]]]:
+    """Pixel tensors and size conditioning for every slot of one example.
+
+    The flipped crop is the mirror of the same crop.
+    """
+    images = (
+        {"win": ex.image_win, "lose": ex.image_lose} if isinstance(ex, PairExample) else {"latents": ex.image}
+    )
+    out = {k: transform(img, ex.id) for k, img in images.items()}
+    sizes = {k: transform.size_cond(img, ex.id) for k, img in images.items()}
     if flips:
         out.update({f"{k}_flip": hflip(v) for k, v in list(out.items())})
-    return out
+        sizes.update({f"{k}_flip": transform.size_cond(img, ex.id, flip=True) for k, img in images.items()})
+    return out, sizes

@@ -21,21 +21,32 @@ def example_rng(seed: int, *keys: object) -> random.Random:
     return random.Random(":".join([str(seed), *(str(k) for k in keys)]))
 
 
+def resized_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
+    """(w, h) after scaling the shorter side of ``size`` to ``resolution``, keeping the aspect ratio."""
+    w, h = size
+    scale = resolution / min(w, h)
+    return (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
+
+
 def resize_shorter(img: Image.Image, resolution: int) -> Image.Image:
     """Resize so the shorter side equals ``resolution``, keeping the aspect ratio (bicubic, antialiased)."""
-    w, h = img.size
-    scale = resolution / min(w, h)
-    size = (max(resolution, round(w * scale)), max(resolution, round(h * scale)))
-    return img if size == (w, h) else img.resize(size, Image.Resampling.BICUBIC)
+    size = resized_size(img.size, resolution)
+    return img if size == img.size else img.resize(size, Image.Resampling.BICUBIC)
+
+
+def crop_offsets(
+    size: tuple[int, int], resolution: int, *, center: bool, rng: random.Random | None
+) -> tuple[int, int]:
+    """``(left, top)`` of the ``resolution`` square cut from an image of ``size`` (w, h)."""
+    w, h = size
+    if center or rng is None:
+        return (w - resolution) // 2, (h - resolution) // 2
+    return rng.randint(0, w - resolution), rng.randint(0, h - resolution)
 
 
 def crop_square(img: Image.Image, resolution: int, *, center: bool, rng: random.Random | None) -> Image.Image:
     """A ``resolution`` square: centred, or at a random offset drawn from ``rng``."""
-    w, h = img.size
-    if center or rng is None:
-        left, top = (w - resolution) // 2, (h - resolution) // 2
-    else:
-        left, top = rng.randint(0, w - resolution), rng.randint(0, h - resolution)
+    left, top = crop_offsets(img.size, resolution, center=center, rng=rng)
     return img.crop((left, top, left + resolution, top + resolution))
 
 
@@ -64,6 +75,23 @@ class ImageTransform:
         return crop_square(
             resize_shorter(img, self.resolution), self.resolution, center=self.center_crop, rng=rng
         )
+
+    def size_cond(
+        self, img: Image.Image, example_id: str, *, epoch: int = 0, flip: bool = False
+    ) -> tuple[int, int, int, int, int, int]:
+        """SDXL's micro-conditioning of the crop :meth:`square` makes, in ``add_time_ids`` order:
+        (original h, w, crop top, crop left, target h, w), the crop measured in the resized image.
+
+        A flipped crop is the mirror image of the resized picture's crop, so its
+        left edge is measured from the other side.
+        """
+        w, h = img.size
+        resized = resized_size(img.size, self.resolution)
+        rng = None if self.center_crop else example_rng(self.seed, "crop", example_id, epoch)
+        left, top = crop_offsets(resized, self.resolution, center=self.center_crop, rng=rng)
+        if flip:
+            left = resized[0] - left - self.resolution
+        return (h, w, top, left, self.resolution, self.resolution)
 
     def __call__(
         self, img: Image.Image, example_id: str, *, epoch: int = 0, flip: bool = False
