@@ -183,3 +183,17 @@ def test_dpo_with_precomputed_reference(tmp_path: Path, tiny_sdxl_dir: Path, xl_
 
 def test_resume_after_an_interruption(tmp_path: Path, tiny_sdxl_dir: Path, monkeypatch) -> None:
     check_resume_after_interruption(tmp_path, tiny_sdxl_dir, monkeypatch)
+
+
+def test_the_sdxl_configs_default_to_lora_and_state_diffusion_dpos_beta_on_our_scale() -> None:
+    from spin_diffusion.config import load_config
+
+    repo = Path(__file__).resolve().parents[1]
+    dpo, spin = (
+        load_config(repo / "configs" / "sdxl-dpo.yaml"),
+        load_config(repo / "configs" / "sdxl-spin.yaml"),
+    )
+    assert dpo.model.lora.enabled and spin.model.lora.enabled
+    assert dpo.training_for(1).beta == 5000 / 2  # official beta_dpo 5000 times its factor 1/2
+    assert dpo.training.learning_rate == pytest.approx(1e-8 * 2048)  # --scale_lr over 2048 pairs
+    assert dpo.data_config().resolution == spin.data_config().resolution == 1024

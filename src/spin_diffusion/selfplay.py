@@ -184,6 +184,8 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     pipe = load_pipeline(cfg.model.pretrained, revision=cfg.model.revision)
     prompts = prompt_encoder(pipe)  # the model family, resolved once from the pipeline's class
     data_cfg = cfg.data_config()
+    if cfg.method == "spin":
+        _check_sampling_size(pipe, data_cfg.resolution)
     data_record = {
         "latent_cache_key": latent_cache_key(data_cfg, pipe.vae, pairs=cfg.method in PREFERENCE_METHODS),
         "data_path": str(data_cfg.path),
@@ -383,6 +385,16 @@ def log_startup_summary(cfg: RunConfig, accelerator: Any, num_examples: int) -> 
         where,
         global_step_offset(cfg, k) + (saved[-1][0] if saved else 0),
     )
+
+
+def _check_sampling_size(pipe: Any, resolution: int) -> None:
+    """The opponent samples at the UNet's own size; a real/generated pair must have one latent shape."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if size != resolution:
+        raise ConfigError(
+            f"data.resolution is {resolution} but the opponent samples at {size} px (the UNet's sample_size "
+            f"{pipe.unet.config.sample_size} x the VAE's factor {pipe.vae_scale_factor}); set data.resolution: {size}"
+        )
 
 
 def _trackers(names: list[str]) -> list[str] | None:
