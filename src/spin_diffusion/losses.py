@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.batches import Batch
+from spin_diffusion.conditioning import as_conditioning
 from spin_diffusion.objectives import (
     dpo_loss,
     min_snr_weights,
@@ -69,13 +70,14 @@ def forward_noised_errors(
     noise_scheduler: Any,
     reference: Reference,
     batch: Batch,
-    emb: Conditioning,
+    emb: Conditioning | torch.Tensor,
 ) -> PairErrors:
     """Both members noised with the pair's shared ``t`` and noise; one forward of the model on the pair."""
     import torch
 
     from spin_diffusion.models import prediction_error
 
+    emb = as_conditioning(emb)
     b, device = len(batch.indices), emb.device
     latents = torch.cat([batch.latents_a, batch.latents_b]).to(device)
     emb2 = emb.pair()  # each pair member keeps its own SDXL size conditioning
@@ -91,7 +93,7 @@ def inverted_errors(
     noise_scheduler: Any,
     reference: Reference,
     batch: Batch,
-    emb: Conditioning,
+    emb: Conditioning | torch.Tensor,
 ) -> PairErrors:
     """Inversion-DPO's seam: x_t from DDIM inversion under the reference, its prediction as the target.
 
@@ -106,6 +108,7 @@ def inverted_errors(
     predict_ref = getattr(reference, "predict", None)
     if predict_ref is None:
         raise ConfigError("inversion-dpo needs a live reference model (training.precompute_reference: false)")
+    emb = as_conditioning(emb)
     b, device = len(batch.indices), emb.device
     x0 = torch.cat([batch.latents_a, batch.latents_b]).to(device)
     emb2 = emb.pair()
@@ -183,8 +186,6 @@ def compute_loss(
     ``emb`` is the batch's conditioning from the model family's prompt encoder
     (bare hidden states are taken as SD 1/2 conditioning).
     """
-    from spin_diffusion.conditioning import as_conditioning
-
     emb = as_conditioning(emb)
     if method == "sft":
         return _sft(cfg, unet, noise_scheduler, batch, emb)
