@@ -209,7 +209,7 @@ def check_spin_two_iterations(
     opp = OpponentSamples(run / "iter-2" / "samples")
     assert (
         len(opp) == len(SIZES)
-        and torch.isfinite(opp.latents(opp.manifest["shards"][0]["ids"][0]).float()).all()
+        and torch.isfinite(opp.latents(opp.ids[0]).float()).all()
     )
     if evaluate:
         assert list(results["evaluation"]["mean"]) == ["base", "iter-1", "iter-2"]

@@ -247,6 +247,11 @@ class OpponentSamples:
     def __len__(self) -> int:
         return len(self._ids)
 
+    @property
+    def ids(self) -> CompactStrings:
+        """The prompt ids, in shard order (the manifest's id lists are not kept)."""
+        return self._ids
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()  # memory maps do not cross process boundaries
         state["_handles"] = OrderedDict()
