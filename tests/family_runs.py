@@ -207,10 +207,7 @@ def check_spin_two_iterations(
     from spin_diffusion.sampling import OpponentSamples
 
     opp = OpponentSamples(run / "iter-2" / "samples")
-    assert (
-        len(opp) == len(SIZES)
-        and torch.isfinite(opp.latents(opp.ids[0]).float()).all()
-    )
+    assert len(opp) == len(SIZES) and torch.isfinite(opp.latents(opp.ids[0]).float()).all()
     if evaluate:
         assert list(results["evaluation"]["mean"]) == ["base", "iter-1", "iter-2"]
         assert classes and set(classes) == {pipeline_class.__name__}  # the harness used the model's class

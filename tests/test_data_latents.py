@@ -9,7 +9,7 @@ import torch
 
 from spin_diffusion.data import latents as latents_mod
 from spin_diffusion.data.config import DataConfig
-from spin_diffusion.data.latents import LatentCache, LatentDataset, ensure_latent_cache, vae_fingerprint
+from spin_diffusion.data.latents import LatentCache, ensure_latent_cache, vae_fingerprint
 from spin_diffusion.data.sources import open_source
 from spin_diffusion.data.testing import make_imagefolder, make_parquet, make_pickapic
 from spin_diffusion.data.transforms import ImageTransform, hflip
@@ -228,21 +228,10 @@ def test_cache_leaves_foreign_files_alone(tmp_path, vae):
     assert (cache_dir / "notes.txt").read_text() == "mine"
 
 
-def test_latent_dataset_flips_and_drops_captions_per_epoch(tmp_path, vae):
+def test_cache_pickles_without_file_handles(tmp_path, vae):
     root = make_imagefolder(tmp_path / "ds", [f"c{i}" for i in range(8)])
-    cfg = folder_cfg(root, random_flip=True, caption_dropout=0.5, seed=1)
-    cache = ensure_latent_cache(cfg, vae, tmp_path / "cache", batch_size=16, show_progress=False)
-    ds = LatentDataset(cache, cfg)
-    items = [ds[i] for i in range(len(ds))]
-    assert {it["flip"] for it in items} == {True, False}
-    assert {it["caption"] for it in items} & {""} and {it["caption"] for it in items} - {""}
-    for i, it in enumerate(items):
-        assert torch.equal(it["latents"], cache.latents(i, flip=it["flip"]))
-        assert it["caption"] in ("", cache.captions[i])
-    assert [ds[i]["flip"] for i in range(8)] == [it["flip"] for it in items]  # same epoch: same choices
-    ds.set_epoch(1)
-    assert [ds[i]["flip"] for i in range(8)] != [it["flip"] for it in items]
-
+    cache = ensure_latent_cache(folder_cfg(root), vae, tmp_path / "cache", batch_size=16, show_progress=False)
+    cache.latents(1)  # opens a shard
     # Pickling (DataLoader workers) drops open file handles and still reads.
     import pickle
 

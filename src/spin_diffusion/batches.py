@@ -10,11 +10,12 @@ reference errors can be computed ahead of time with identical results.
 from __future__ import annotations
 
 import functools
-import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
+
+from spin_diffusion.seeds import example_seed
 
 if TYPE_CHECKING:
     import torch
@@ -54,11 +55,6 @@ class TrainingData(Protocol):
         """``(a, b)``: a = real/winner latent, b = generated/loser latent (None for SFT); a
         :class:`Members` also carries each image's size and crop."""
         ...
-
-
-def example_seed(seed: int, index: int, epoch: int, purpose: str = "") -> int:
-    digest = hashlib.blake2b(f"{seed}:{index}:{epoch}:{purpose}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 @dataclass

@@ -25,6 +25,7 @@ from spin_diffusion.atomic import atomic_file, save_image_atomic, write_json_ato
 from spin_diffusion.compact import CompactStrings, StringIndex
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.interrupt import Interrupted, StopFlag
+from spin_diffusion.seeds import sample_seed
 
 if TYPE_CHECKING:
     import torch
@@ -41,12 +42,6 @@ SETTINGS = "settings.json"
 
 class SamplingInterrupted(Interrupted):
     """SIGINT/SIGTERM during sampling: complete shards are kept; the same command resumes (exit 130)."""
-
-
-def sample_seed(base_seed: int, prompt_id: str, index: int) -> int:
-    """A 63-bit seed for one sample, independent of batching and process count."""
-    digest = hashlib.blake2b(f"{base_seed}:{prompt_id}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
 def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:

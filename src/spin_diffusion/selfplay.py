@@ -30,6 +30,7 @@ from spin_diffusion.rundir import (
     run_lock,
     write_run_config,
 )
+from spin_diffusion.seeds import iteration_seed
 from spin_diffusion.validation import ValidationSet, log_validation, validation_prompts
 
 if TYPE_CHECKING:
@@ -440,7 +441,7 @@ def _run_iteration(
 
     train_cfg = cfg.training_for(k)
     data_cfg = cfg.data_config()
-    seed = cfg.seed + 1000 * k
+    seed = iteration_seed(cfg.seed, k)
     clock = PhaseClock()
 
     # 1. the opponent's samples (SPIN only)

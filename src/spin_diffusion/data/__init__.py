@@ -20,7 +20,6 @@ _LAZY = {
     "SourceStats": "problems",
     "ensure_latent_cache": "latents",
     "LatentCache": "latents",
-    "LatentDataset": "latents",
     "ImageTransform": "transforms",
     "load_prompts": "prompts",
 }

@@ -31,7 +31,7 @@ from spin_diffusion.atomic import atomic_file, write_json_atomic
 from spin_diffusion.compact import CompactStringsBuilder
 from spin_diffusion.data.config import DataConfig
 from spin_diffusion.data.sources import DataSource, Example, PairExample, source_fingerprint
-from spin_diffusion.data.transforms import ImageTransform, drop_caption, flip_for, hflip
+from spin_diffusion.data.transforms import ImageTransform, hflip
 from spin_diffusion.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -259,38 +259,6 @@ class LatentCache:
         if not self.pairs:
             raise ValueError("this latent cache holds single images, not preference pairs")
         return self._size(i, self._slot("win", flip)), self._size(i, self._slot("lose", flip))
-
-
-class LatentDataset(torch.utils.data.Dataset):
-    """Training view of a cache: per-epoch reproducible flips and caption dropout.
-
-    Items are dicts: ``id``, ``caption`` and ``latents`` (or ``latents_win`` and
-    ``latents_lose`` for preference pairs). Call ``set_epoch`` at each epoch.
-    """
-
-    def __init__(self, cache: LatentCache, cfg: DataConfig, epoch: int = 0) -> None:
-        self.cache = cache
-        self.caption_dropout = cfg.caption_dropout
-        self.random_flip = cfg.random_flip and cache.flips
-        self.seed = cfg.seed
-        self.epoch = epoch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-    def __getitem__(self, i: int) -> dict:
-        ex_id = self.cache.ids[i]
-        flip = self.random_flip and flip_for(self.seed, ex_id, self.epoch)
-        caption = drop_caption(self.cache.captions[i], self.caption_dropout, self.seed, ex_id, self.epoch)
-        item: dict[str, Any] = {"id": ex_id, "caption": caption, "flip": flip}
-        if self.cache.pairs:
-            item["latents_win"], item["latents_lose"] = self.cache.pair_latents(i, flip)
-        else:
-            item["latents"] = self.cache.latents(i, flip)
-        return item
 
 
 # ---------------------------------------------------------------- building

@@ -14,11 +14,7 @@ import torch
 from PIL import Image
 
 from spin_diffusion.data.config import DataConfig
-
-
-def example_rng(seed: int, *keys: object) -> random.Random:
-    """A generator determined only by the seed and the keys (string seeding is stable across processes)."""
-    return random.Random(":".join([str(seed), *(str(k) for k in keys)]))
+from spin_diffusion.seeds import example_rng
 
 
 def resized_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:
@@ -98,15 +94,3 @@ class ImageTransform:
     ) -> torch.Tensor:
         x = to_tensor(self.square(img, example_id, epoch))
         return hflip(x) if flip else x
-
-
-def flip_for(seed: int, example_id: str, epoch: int) -> bool:
-    """Whether to flip this example in this epoch (probability 1/2, reproducible)."""
-    return example_rng(seed, "flip", example_id, epoch).random() < 0.5
-
-
-def drop_caption(caption: str, p: float, seed: int, example_id: str, epoch: int) -> str:
-    """``''`` with probability ``p`` (classifier-free guidance training), else the caption unchanged."""
-    if p <= 0.0:
-        return caption
-    return "" if example_rng(seed, "caption", example_id, epoch).random() < p else caption

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from spin_diffusion.errors import CheckpointError
+from spin_diffusion.evaluation.aesthetic import build_aesthetic_mlp
 from spin_diffusion.evaluation.scorer_base import (
     CLIP_MEAN,
     CLIP_STD,
@@ -261,19 +262,11 @@ class _Blip(nn.Module):
 
 
 class _RewardMlp(nn.Module):
+    """ImageReward's head: the same layer layout as the aesthetic predictor's MLP."""
+
     def __init__(self, width: int, dims: tuple[int, ...]):
         super().__init__()
-        a, b, c, d, e = dims
-        self.layers = nn.Sequential(
-            nn.Linear(width, a),
-            nn.Dropout(0.2),
-            nn.Linear(a, b),
-            nn.Dropout(0.2),
-            nn.Linear(b, c),
-            nn.Dropout(0.1),
-            nn.Linear(c, d),
-            nn.Linear(d, e),
-        )
+        self.layers = build_aesthetic_mlp(width, dims)
 
 
 class ImageRewardModel(nn.Module):
