@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from spin_diffusion.seeds import example_seed
@@ -66,8 +66,8 @@ class Batch:
     latents_b: torch.Tensor | None
     timesteps: torch.Tensor
     noise: torch.Tensor
-    size_cond_a: list[SizeCond | None] = field(default_factory=list)  # per example; None: the trained size
-    size_cond_b: list[SizeCond | None] = field(default_factory=list)
+    from spin_diffusion.conditioning import SizeCond
+    from spin_diffusion.trajectories import SolverSchedule
 
 
 def make_batch(
@@ -78,10 +78,15 @@ def make_batch(
     num_train_timesteps: int,
     caption_dropout: float = 0.0,
 ) -> Batch:
-    """Assemble a batch of (index, epoch) items with per-item seeded t, noise and choices."""
+    """Assemble a batch of (index, epoch) items with per-item seeded t, noise and choices.
+
+    Data with a ``schedule`` (stored trajectories) also gets a seeded order of
+    its solver steps per item, drawn last so the other draws do not change.
+    """
     import torch
 
-    caps, lat_a, lat_b, ts, noises, size_a, size_b = [], [], [], [], [], [], []
+    schedule = getattr(data, "schedule", None)
+    caps, lat_a, lat_b, ts, noises, size_a, size_b, orders = [], [], [], [], [], [], [], []
     for index, epoch in items:
         gen = torch.Generator().manual_seed(example_seed(seed, index, epoch))
         got = data.latents(index, epoch, gen)
@@ -98,6 +103,8 @@ def make_batch(
             lat_b.append(b.float())
         ts.append(t)
         noises.append(noise)
+        if schedule is not None:
+            orders.append(torch.randperm(schedule.num_steps, generator=gen))
     return Batch(
         indices=[i for i, _ in items],
         epoch=[e for _, e in items],
@@ -108,6 +115,8 @@ def make_batch(
         noise=torch.stack(noises),
         size_cond_a=size_a,
         size_cond_b=size_b,
+        schedule=schedule,
+        step_order=torch.stack(orders) if orders else None,
     )
 
 

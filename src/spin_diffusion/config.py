@@ -25,11 +25,15 @@ from pydantic import (
 
 from spin_diffusion.errors import ConfigError
 
-Method = Literal["sft", "dpo", "spin", "dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo"]
+Method = Literal[
+    "sft", "dpo", "spin", "spin-exact", "dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo"
+]
 # Methods that train once on preference pairs against the frozen base (docs/methods.md).
 PREFERENCE_METHODS: frozenset[str] = frozenset(
     {"dpo", "dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo"}
 )
+# Methods that sample from the opponent every iteration and may run several iterations.
+SELF_PLAY_METHODS = ("spin", "spin-exact")
 
 
 class UniqueKeyLoader(yaml.SafeLoader):
@@ -256,6 +260,18 @@ class TrainingConfig(Strict):
         "logistic", description="l(u): -logsigmoid(u), max(0, 1-u) or 1-u"
     )
     snr_gamma: float | None = Field(None, gt=0, description="min-SNR-gamma weighting for SFT; null disables")
+    trajectory_chunk_size: int = Field(
+        8,
+        ge=1,
+        description="spin-exact: (example, solver step) terms per UNet forward in both passes (the forward "
+        "batch is twice this: real and generated); memory grows with it, not with the trajectory length",
+    )
+    trajectory_grad_steps: int | None = Field(
+        None,
+        ge=1,
+        description="spin-exact: back-propagate only this many of each example's solver steps, a seeded "
+        "uniform subset weighted K / this (an unbiased gradient; the loss still uses every step); null: all",
+    )
     precompute_reference: bool = Field(
         False, description="compute reference errors once after sampling; no reference model while training"
     )
@@ -341,8 +357,9 @@ class RunConfig(Strict):
     output_dir: str = Field("runs", description="parent of the run directory")
     method: Method = Field(
         "spin",
-        description="spin (self-play), sft, or a preference method on pairs: dpo, dmpo, see-dpo, "
-        "adaptive-dpo, kto, inversion-dpo (docs/methods.md)",
+        description="spin (self-play, approximate objective eq. 4.9), spin-exact (self-play, exact "
+        "trajectory objective eq. 4.8; docs/spin-objectives.md), sft, or a preference method on pairs: "
+        "dpo, dmpo, see-dpo, adaptive-dpo, kto, inversion-dpo (docs/methods.md)",
     )
     seed: int = Field(0, description="seeds sampling noise, timesteps, batches")
     model: ModelConfig
@@ -375,12 +392,49 @@ class RunConfig(Strict):
     def _check_iterations(self) -> RunConfig:
         if not self.iterations:
             raise ValueError("iterations must list at least one iteration (use [{}] for defaults)")
-        if self.method != "spin" and len(self.iterations) != 1:
+        if self.method not in SELF_PLAY_METHODS and len(self.iterations) != 1:
             raise ValueError(f"method {self.method} trains once: iterations must have exactly one entry")
         if self.method == "inversion-dpo" and self.training.precompute_reference:
             raise ValueError(
                 "training.precompute_reference: inversion-dpo inverts each latent with the live reference "
                 "model, so its errors cannot be precomputed; set it to false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_exact_objective(self) -> RunConfig:
+        """spin-exact scores the sampler's own deterministic trajectory with a live reference."""
+        if self.method != "spin-exact":
+            return self
+        from spin_diffusion.trajectories import TRAJECTORY_SCHEDULERS
+
+        s, t = self.sampling, self.training
+        if s.scheduler not in TRAJECTORY_SCHEDULERS:
+            raise ValueError(
+                f"sampling.scheduler {s.scheduler} is not supported by spin-exact; use one of "
+                f"{', '.join(TRAJECTORY_SCHEDULERS)}"
+            )
+        if s.scheduler == "ddim" and s.eta != 0:
+            raise ValueError(
+                "sampling.eta must be 0 for spin-exact (its reverse steps are deterministic DDIM means)"
+            )
+        if s.latents != "raw":
+            raise ValueError(
+                "sampling.latents must be raw for spin-exact (it scores the sampler's own trajectory)"
+            )
+        if t.precompute_reference:
+            raise ValueError(
+                "training.precompute_reference is not supported by spin-exact (it needs the reference at "
+                "every solver step); set it to false"
+            )
+        if self.model.lora.dropout:
+            raise ValueError(
+                "model.lora.dropout must be 0 for spin-exact (both passes must see the same network)"
+            )
+        if t.trajectory_grad_steps is not None and t.trajectory_grad_steps > s.num_inference_steps:
+            raise ValueError(
+                f"training.trajectory_grad_steps {t.trajectory_grad_steps} exceeds the trajectory's "
+                f"sampling.num_inference_steps {s.num_inference_steps}"
             )
         return self
 

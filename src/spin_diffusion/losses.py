@@ -8,6 +8,7 @@ is adding a row.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -37,10 +38,32 @@ if TYPE_CHECKING:
     from spin_diffusion.reference import Reference
 
 
+@dataclass(frozen=True)
+class Backprop:
+    """The trainer's backward, handed to an objective that back-propagates in chunks itself.
+
+    ``backward(loss)`` is ``accelerator.backward(loss / accumulation)`` (so grad
+    scaling and DDP hooks apply to every chunk); ``no_sync()`` turns gradient
+    synchronisation off for a chunk's forward and backward. The objective uses
+    it on every chunk but the last, so a sync micro-step all-reduces once, after
+    the whole gradient is accumulated, rather than once per chunk.
+    """
+
+    backward: Callable[[torch.Tensor], None]
+    no_sync: Callable[[], contextlib.AbstractContextManager[Any]]
+
+
 @dataclass
 class LossOutput:
+    """``loss`` is logged and checked; the trainer back-propagates it unless ``backward`` is set.
+
+    An objective with its own ``backward(Backprop)`` (the exact SPIN objective's
+    chunked pass 2) returns a detached ``loss`` and does the backward itself.
+    """
+
     loss: torch.Tensor
     metrics: dict[str, float] = field(default_factory=dict)
+    backward: Callable[[Backprop], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +210,10 @@ def compute_loss(
     (bare hidden states are taken as SD 1/2 conditioning).
     """
     emb = as_conditioning(emb)
+    if method == "spin-exact":
+        from spin_diffusion.exact_spin import exact_spin_output
+
+        return exact_spin_output(cfg, unet, noise_scheduler, reference, batch, emb)
     if method == "sft":
         return _sft(cfg, unet, noise_scheduler, batch, emb)
     spec = PAIR_METHODS.get(method)

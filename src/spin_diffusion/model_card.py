@@ -10,11 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from spin_diffusion.config import RunConfig
+from spin_diffusion.config import SELF_PLAY_METHODS, RunConfig
 
 METHODS = {
     "spin": "SPIN-Diffusion self-play: in iteration k the model is trained to tell the real images from the "
     "samples of iteration k-1's model, with iteration k-1's model as the reference",
+    "spin-exact": "SPIN-Diffusion self-play with the exact trajectory objective (paper eq. 4.8): in iteration k "
+    "the model is trained to tell the real images' forward trajectories from the sampling trajectories of "
+    "iteration k-1's model, with iteration k-1's model as the reference",
     "sft": "supervised fine-tuning on the real images (the denoising loss)",
     "dpo": "Diffusion-DPO on preference pairs, with the base model as the reference",
 }
@@ -67,7 +70,9 @@ def _iteration_table(inp: CardInputs) -> list[str]:
     ]
     for it in inp.iterations:
         k, t, m = it["iteration"], it.get("training", {}), it.get("final_metrics", {})
-        samples = inp.cfg.sampling_for(k).num_samples_per_prompt if inp.cfg.method == "spin" else None
+        samples = (
+            inp.cfg.sampling_for(k).num_samples_per_prompt if inp.cfg.method in SELF_PLAY_METHODS else None
+        )
         label = f"**{k}** (exported)" if k == inp.iteration else str(k)
         cells = [
             label,

@@ -157,3 +157,66 @@ def pair_diagnostics(
         margin_b=(model_err_b.float() - ref_err_b.float()).mean().item(),
         u_mean=u.mean().item(),
     )
+
+
+# --------------------------------------------------------------------------- exact SPIN (eq. 4.8)
+
+
+def trajectory_margin(
+    model_err_real: torch.Tensor,
+    ref_err_real: torch.Tensor,
+    model_err_gen: torch.Tensor,
+    ref_err_gen: torch.Tensor,
+    beta: float,
+) -> torch.Tensor:
+    """The argument of ``l`` in the exact objective (paper eq. 4.8), per example: shape ``[B]``.
+
+    Inputs are per-step errors ``[B, K]`` over a K-step trajectory; the result is
+    ``u = -(beta / K) * sum_k ((m_real - r_real) - (m_gen - r_gen))_k``, i.e.
+    the approximate margin of :func:`preference_margin` averaged over the steps
+    *inside* ``l``. With K = 1 it is exactly :func:`preference_margin`.
+    """
+    d = (model_err_real.float() - ref_err_real.float()) - (model_err_gen.float() - ref_err_gen.float())
+    return -beta * d.mean(dim=1)
+
+
+def exact_spin_loss(
+    model_err_real: torch.Tensor,
+    ref_err_real: torch.Tensor,
+    model_err_gen: torch.Tensor,
+    ref_err_gen: torch.Tensor,
+    beta: float,
+    loss_type: LossType = "logistic",
+) -> torch.Tensor:
+    """Per-example exact SPIN loss ``l(u)`` with ``u`` from :func:`trajectory_margin` (eq. 4.8).
+
+    By Jensen (``l`` convex) it is at most the mean over steps of the per-step
+    losses of :func:`spin_loss`: the paper's Lemma 4.1.
+    """
+    return margin_loss(
+        trajectory_margin(model_err_real, ref_err_real, model_err_gen, ref_err_gen, beta), loss_type
+    )
+
+
+def margin_loss_slope(u: torch.Tensor, loss_type: LossType = "logistic") -> torch.Tensor:
+    """``l'(u)`` elementwise, detached: what pass 2 of the exact objective scales each step's gradient by.
+
+    Taken by autograd from :func:`margin_loss` itself, so it cannot disagree with
+    the loss (hinge at ``u = 1`` gets the subgradient autograd gives, 0).
+    """
+    with torch.enable_grad():
+        x = u.detach().float().requires_grad_(True)
+        (slope,) = torch.autograd.grad(margin_loss(x, loss_type).sum(), x)
+    return slope
+
+
+def trajectory_step_coefficients(
+    u: torch.Tensor, beta: float, num_steps: int, loss_type: LossType = "logistic"
+) -> torch.Tensor:
+    """``d l(u) / d m_real_k = -d l(u) / d m_gen_k = -l'(u) * beta / K``, per example ``[B]``.
+
+    The gradient of ``l(u)`` is ``sum_k c * (grad m_real_k - grad m_gen_k)``
+    with this ``c``: pass 2 back-propagates ``c * (m_real_k - m_gen_k)`` one
+    chunk of steps at a time (reference errors carry no gradient).
+    """
+    return margin_loss_slope(u, loss_type) * (-beta / num_steps)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from spin_diffusion.config import SamplingConfig
+    from spin_diffusion.trajectories import SolverSchedule
 
 log = logging.getLogger(__name__)
 
@@ -70,23 +71,33 @@ def generate_latents(
     batch_size: int = 16,
     progress: Any | None = None,
     stop: Callable[[], bool] | None = None,
+    trajectory: bool = False,
 ) -> torch.Tensor:
     """Final latents (the UNet's latent space, fp32) for each (prompt, seed), in batches.
 
     Classifier-free guidance runs as one doubled batch inside the pipeline.
     ``stop`` is asked after every batch; when it says so, :class:`SamplingInterrupted`
-    is raised and the partial result is dropped.
+    is raised and the partial result is dropped. With ``trajectory`` the result
+    is every solver point instead, ``[N, K+1, C, h, w]`` from the starting noise
+    to the final latent (captured with ``callback_on_step_end``; the same
+    samples as without it).
     """
     import torch
 
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
     out = []
-    extra: dict[str, Any] = {"eta": eta} if "eta" in _call_parameters(pipe) else {}
+    params = _call_parameters(pipe)
+    extra: dict[str, Any] = {"eta": eta} if "eta" in params else {}
+    if trajectory and "callback_on_step_end" not in params:
+        raise ValueError(f"{type(pipe).__name__} has no callback_on_step_end: cannot store trajectories")
     with torch.inference_mode(), _quiet_diffusers():
         for start in range(0, len(prompts), batch_size):
             batch_prompts = list(prompts[start : start + batch_size])
             gens = [torch.Generator(device="cpu").manual_seed(s) for s in seeds[start : start + batch_size]]
+            points: list[torch.Tensor] = []
+            if trajectory:
+                extra.update(_trajectory_capture(pipe, gens, points))
             result = pipe(
                 prompt=batch_prompts,
                 num_inference_steps=num_inference_steps,
@@ -95,12 +106,43 @@ def generate_latents(
                 output_type="latent",
                 **extra,
             )
-            out.append(result.images.float().cpu())
+            out.append(torch.stack(points, dim=1) if trajectory else result.images.float().cpu())
             if progress is not None:
                 progress.update(len(batch_prompts))
             if stop is not None and stop():
                 raise SamplingInterrupted("sampling interrupted")
     return torch.cat(out) if out else torch.empty(0)
+
+
+def _trajectory_capture(
+    pipe: DiffusionPipeline, gens: Sequence[Any], points: list[torch.Tensor]
+) -> dict[str, Any]:
+    """Pipeline arguments that record every solver point into ``points`` (fp32, CPU).
+
+    The starting noise is drawn here with diffusers' ``randn_tensor`` from the
+    same per-sample generators and handed in as ``latents``, exactly as the
+    pipeline would draw it, so it can be stored; every later point is the
+    ``latents`` the pipeline passes to ``callback_on_step_end``.
+    """
+    from diffusers.utils.torch_utils import randn_tensor
+
+    size = pipe.unet.config.sample_size
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    encoder = getattr(pipe, "text_encoder", None)
+    dtype = encoder.dtype if encoder is not None else pipe.unet.dtype
+    shape = (len(gens), pipe.unet.config.in_channels, h, w)
+    noise = randn_tensor(shape, generator=list(gens), device=pipe.unet.device, dtype=dtype)
+    points.append((noise * pipe.scheduler.init_noise_sigma).float().cpu())
+
+    def record(_pipe: Any, _step: int, _t: Any, tensors: dict[str, Any]) -> dict[str, Any]:
+        points.append(tensors["latents"].float().cpu())
+        return tensors
+
+    return {
+        "latents": noise,
+        "callback_on_step_end": record,
+        "callback_on_step_end_tensor_inputs": ["latents"],
+    }
 
 
 @contextlib.contextmanager
@@ -261,13 +303,33 @@ class OpponentSamples:
         row = pos - self._starts[s]
         return self._shard(s).get_slice("latents")[row : row + 1][0]
 
+    @property
+    def schedule(self) -> SolverSchedule | None:
+        """The solver schedule of the stored trajectories, or None when only final latents were kept."""
+        from spin_diffusion.trajectories import SolverSchedule
+
+        stored = self.manifest.get("trajectory")
+        return None if stored is None else SolverSchedule.from_json(stored)
+
+    def trajectory(self, prompt_id: str) -> torch.Tensor:
+        """Every solver point of all samples for one prompt: ``[n, K+1, C, h, w]`` fp32, noise first."""
+        if self.schedule is None:
+            raise CheckpointError(f"{self.dir} holds no trajectories (sampled for a method that needs none)")
+        pos = self._index.find(prompt_id)
+        if pos is None:
+            raise CheckpointError(f"{self.dir} has no samples for prompt id {prompt_id!r}")
+        s = bisect_right(self._starts, pos) - 1
+        return self._shard(s).get_slice("trajectory")[pos - self._starts[s] : pos - self._starts[s] + 1][0]
+
     def _shard(self, s: int) -> Any:
         if s in self._handles:
             self._handles.move_to_end(s)
             return self._handles[s]
         path = self.dir / self._files[s]
         ids = self._ids[self._starts[s] : self._starts[s + 1]]
-        problem = shard_problem(path, ids, self.manifest.get("samples_per_prompt"))
+        schedule = self.schedule
+        points = None if schedule is None else schedule.num_steps + 1
+        problem = shard_problem(path, ids, self.manifest.get("samples_per_prompt"), points)
         if problem is not None:
             raise CheckpointError(f"{path} {problem}; run the same command to sample it again")
         self._handles[s] = _open_shard(path)
@@ -283,10 +345,13 @@ def _open_shard(path: Path) -> Any:
     return safe_open(str(path), framework="pt")
 
 
-def shard_problem(path: Path, ids: Sequence[str], samples_per_prompt: int | None) -> str | None:
+def shard_problem(
+    path: Path, ids: Sequence[str], samples_per_prompt: int | None, trajectory_points: int | None = None
+) -> str | None:
     """Why a shard cannot be used (missing, truncated, other prompts or shape), or None.
 
     The reason reads after the file name: "shard-00003.safetensors is missing".
+    With ``trajectory_points`` the shard must also hold trajectories of that many points.
     """
     if not path.is_file():
         return "is missing"
@@ -294,12 +359,15 @@ def shard_problem(path: Path, ids: Sequence[str], samples_per_prompt: int | None
         handle = _open_shard(path)
         stored = json.loads((handle.metadata() or {}).get("ids", "null"))
         shape = handle.get_slice("latents").get_shape()
+        traj_shape = handle.get_slice("trajectory").get_shape() if trajectory_points is not None else None
     except Exception as exc:  # noqa: BLE001 - safetensors reports a torn file as a header error
         return f"is unreadable ({exc})"
     if stored != list(ids):
         return "holds other prompts than the manifest lists"
     if shape[0] != len(ids) or (samples_per_prompt is not None and shape[1] != samples_per_prompt):
         return f"has latents of shape {list(shape)} for {len(ids)} prompts"
+    if traj_shape is not None and (traj_shape[:2] != shape[:2] or traj_shape[2] != trajectory_points):
+        return f"has trajectories of shape {list(traj_shape)}, not {trajectory_points} points per sample"
     return None
 
 
@@ -316,6 +384,7 @@ def sample_opponent(
     world_size: int = 1,
     barrier: Any | None = None,
     show_progress: bool = True,
+    trajectory: bool = False,
 ) -> OpponentSamples | None:
     """Generate ``n`` samples per prompt into ``out_dir`` as latent shards plus a manifest.
 
@@ -324,7 +393,10 @@ def sample_opponent(
     with other settings or another model is refused. With several processes,
     shard ``i`` belongs to rank ``i % world_size``; rank 0 writes the manifest
     after ``barrier()``. SIGINT/SIGTERM stop it after the current batch with
-    :class:`SamplingInterrupted`. Returns the samples (all ranks).
+    :class:`SamplingInterrupted`. Returns the samples (all ranks). With
+    ``trajectory`` (the exact SPIN objective) every solver point is stored too,
+    fp32 in the same memory-mapped shards, and the solver schedule joins the
+    samples' identity and the manifest.
     """
     import torch
     from safetensors.torch import save_file
@@ -339,11 +411,20 @@ def sample_opponent(
         "seed": seed,
         "sampler": settings.model_dump(mode="json", exclude={"batch_size", "num_previews"}),
     }
+    schedule = None
+    points = None
+    if trajectory:
+        from spin_diffusion.trajectories import solver_schedule
+
+        use_scheduler(pipe, settings.scheduler)
+        schedule = solver_schedule(pipe.scheduler, settings.num_inference_steps)
+        points = schedule.num_steps + 1
+        identity["trajectory"] = schedule.as_json()  # absent for final-latent samples: older dirs still match
     shards = [(i, s) for i, s in enumerate(range(0, len(ids), settings.shard_size))]
     if (out_dir / MANIFEST).is_file():
         done = json.loads((out_dir / MANIFEST).read_text())
         _check_same(done["identity"], identity, out_dir)
-        bad = _bad_shards(out_dir, shards, ids, settings.shard_size, n)
+        bad = _bad_shards(out_dir, shards, ids, settings.shard_size, n, points)
         if not bad:
             return OpponentSamples(out_dir)
         if rank == 0:
@@ -368,7 +449,7 @@ def sample_opponent(
     if settings.compile:
         pipe.unet = torch.compile(pipe.unet)
     mine = [(i, s) for i, s in shards if i % world_size == rank]
-    bad = {i for i, _ in _bad_shards(out_dir, mine, ids, settings.shard_size, n)}
+    bad = {i for i, _ in _bad_shards(out_dir, mine, ids, settings.shard_size, n, points)}
     todo = [(i, s) for i, s in mine if i in bad]
     total = sum(min(settings.shard_size, len(ids) - s) for _, s in todo) * n
     started = time.perf_counter()
@@ -396,14 +477,19 @@ def sample_opponent(
                     batch_size=settings.batch_size,
                     progress=bar,
                     stop=stop,
+                    trajectory=trajectory,
                 )
             except SamplingInterrupted:
                 raise SamplingInterrupted(_interrupted_message(out_dir, len(shards))) from None
+            tensors = {}
+            if trajectory:
+                tensors["trajectory"] = lat.reshape(len(shard_ids), n, *lat.shape[1:]).contiguous()
+                lat = lat[:, -1]
             if settings.latents == "reencoded":
                 lat = reencode_latents(pipe, lat, settings.batch_size)
-            lat = lat.reshape(len(shard_ids), n, *lat.shape[1:]).to(torch.float16).contiguous()
+            tensors["latents"] = lat.reshape(len(shard_ids), n, *lat.shape[1:]).to(torch.float16).contiguous()
             with atomic_file(out_dir / _shard_name(i)) as tmp:
-                save_file({"latents": lat}, str(tmp), metadata={"ids": json.dumps(shard_ids)})
+                save_file(tensors, str(tmp), metadata={"ids": json.dumps(shard_ids)})
         if stop():
             raise SamplingInterrupted(_interrupted_message(out_dir, len(shards)))
     elapsed = time.perf_counter() - started
@@ -421,6 +507,8 @@ def sample_opponent(
             "seconds_this_process": round(elapsed, 2),
             "world_size": world_size,
         }
+        if schedule is not None:
+            manifest["trajectory"] = schedule.as_json()
         write_json_atomic(out_dir / MANIFEST, manifest)
     if barrier is not None:
         barrier()
@@ -432,13 +520,18 @@ def _shard_name(index: int) -> str:
 
 
 def _bad_shards(
-    out_dir: Path, shards: Sequence[tuple[int, int]], ids: Sequence[str], shard_size: int, n: int
+    out_dir: Path,
+    shards: Sequence[tuple[int, int]],
+    ids: Sequence[str],
+    shard_size: int,
+    n: int,
+    trajectory_points: int | None = None,
 ) -> list[tuple[int, str]]:
     """The shards (number, reason) that must be sampled (again): missing, truncated or not these prompts."""
     bad = []
     for i, start in shards:
         path = out_dir / _shard_name(i)
-        problem = shard_problem(path, ids[start : start + shard_size], n)
+        problem = shard_problem(path, ids[start : start + shard_size], n, trajectory_points)
         if problem is not None:
             bad.append((i, f"{path.name} {problem}"))
     return bad

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.atomic import atomic_file, write_json_atomic, write_text_atomic
 from spin_diffusion.batches import Members
-from spin_diffusion.config import PREFERENCE_METHODS, RunConfig
+from spin_diffusion.config import PREFERENCE_METHODS, SELF_PLAY_METHODS, RunConfig
 from spin_diffusion.errors import ConfigError
 from spin_diffusion.rundir import (
     ITERATION_DONE,
@@ -94,6 +94,27 @@ class SelfPlayData(_CacheData):
         pick = int(torch.randint(0, generated.shape[0], (1,), generator=rng))
         # a generated sample is seen whole at the size it was made: size None
         return Members(real, generated[pick], size_a=self.cache.size_cond(index, flip=flip))
+
+
+@dataclass
+class SelfPlayTrajectoryData(SelfPlayData):
+    """spin-exact: the real latent paired with one opponent sample's whole trajectory ``[K+1, ...]``.
+
+    The sample is picked with the same draw as :class:`SelfPlayData`, so both
+    SPIN objectives pair an example with the same opponent sample.
+    """
+
+    @property
+    def schedule(self) -> Any:
+        return self.samples.schedule
+
+    def latents(self, index: int, epoch: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        real = self.cache.latents(index, flip=_coin(rng, self.flip))
+        trajectories = self.samples.trajectory(self.cache.ids[index])
+        pick = int(torch.randint(0, trajectories.shape[0], (1,), generator=rng))
+        return real, trajectories[pick]
 
 
 class PhaseClock:
@@ -444,9 +465,10 @@ def _run_iteration(
     seed = iteration_seed(cfg.seed, k)
     clock = PhaseClock()
 
-    # 1. the opponent's samples (SPIN only)
+    # 1. the opponent's samples (SPIN only; spin-exact keeps every solver step)
     samples = None
-    if cfg.method == "spin":
+    exact = cfg.method == "spin-exact"
+    if cfg.method in SELF_PLAY_METHODS:
         pipe.unet = opponent
         samples = sample_opponent(
             pipe,
@@ -460,8 +482,10 @@ def _run_iteration(
             world_size=accelerator.num_processes,
             barrier=accelerator.wait_for_everyone,
             show_progress=show_progress,
+            trajectory=exact,
         )
-        data = SelfPlayData(cache, flip=data_cfg.random_flip, samples=samples)
+        kind = SelfPlayTrajectoryData if exact else SelfPlayData
+        data = kind(cache, flip=data_cfg.random_flip, samples=samples)
         clock.lap("sample")
     elif cfg.method in PREFERENCE_METHODS:
         data = PreferenceData(cache, flip=data_cfg.random_flip)

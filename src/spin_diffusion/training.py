@@ -34,7 +34,7 @@ from spin_diffusion.checkpoints import (
 )
 from spin_diffusion.errors import UserError
 from spin_diffusion.interrupt import Interrupted, StopFlag
-from spin_diffusion.losses import compute_loss
+from spin_diffusion.losses import Backprop, compute_loss
 from spin_diffusion.reference import Reference
 
 if TYPE_CHECKING:
@@ -293,7 +293,15 @@ class Trainer:
                 raise TrainingDiverged(
                     f"loss became {out.loss.item()} at step {self.step + 1} ({self.out_dir}){kept}"
                 )
-            self.acc.backward(out.loss / accum)
+            if out.backward is None:
+                self.acc.backward(out.loss / accum)
+            else:  # the objective back-propagates chunk by chunk (spin-exact); same scaling and sync
+                with self.acc.autocast():
+                    out.backward(
+                        Backprop(
+                            lambda loss: self.acc.backward(loss / accum), lambda: self.acc.no_sync(self.unet)
+                        )
+                    )
         self.micro_step += 1
         if not sync:
             return None

@@ -46,7 +46,10 @@ class DataConfig(StrictNumbers):
         default=None,
         description="Shorter image side below which an image is unusable (default resolution/4).",
     )
-    seed: int = Field(default=0, description="Seed for random crops (flips, caption dropout and every training draw come from the run's seed; see spin_diffusion/seeds.py).")
+    seed: int = Field(
+        default=0,
+        description="Seed for random crops (flips, caption dropout and every training draw come from the run's seed; see spin_diffusion/seeds.py).",
+    )
 
     @field_validator("resolution")
     @classmethod
