@@ -239,3 +239,77 @@ def test_peak_memory_is_flat_in_the_trajectory_length_and_direct_autograd_is_not
     assert abs(exact50 - exact20) < 0.10 * exact20, (exact20, exact50)
     assert direct50 - direct20 > 0.25 * direct20, (direct20, direct50)  # the probe can see growth
     assert abs(exact50 - exact20) < 0.1 * (direct50 - direct20), (exact20, exact50, direct20, direct50)
+
+
+def test_sampling_stores_trajectories_memory_mapped_and_they_are_part_of_the_identity(
+    pipe, tmp_path: Path
+) -> None:
+    from spin_diffusion.config import SamplingConfig
+    from spin_diffusion.errors import CheckpointError
+    from spin_diffusion.sampling import OpponentSamples, sample_opponent
+
+    ids, caps = ["p0", "p1", "p2"], ["a red circle", "a blue square", "a green circle"]
+    settings = SamplingConfig(
+        num_inference_steps=3,
+        guidance_scale=2.0,
+        batch_size=2,
+        shard_size=2,
+        num_previews=0,
+        num_samples_per_prompt=2,
+    )
+    kwargs = {"seed": 5, "model_fingerprint": "fp", "show_progress": False}
+    samples = sample_opponent(pipe, ids, caps, settings, tmp_path / "traj", trajectory=True, **kwargs)
+    assert samples.schedule == solver_schedule(pipe.scheduler, 3)
+    traj = samples.trajectory("p2")
+    assert traj.shape == (2, 4, 4, 8, 8) and traj.dtype == torch.float32
+    torch.testing.assert_close(traj[:, -1].half(), samples.latents("p2"))  # the final point is the sample
+    plain = sample_opponent(pipe, ids, caps, settings, tmp_path / "plain", **kwargs)
+    torch.testing.assert_close(
+        plain.latents("p2"), samples.latents("p2")
+    )  # both objectives see the same samples
+    assert plain.schedule is None
+    with pytest.raises(CheckpointError, match="no trajectories"):
+        plain.trajectory("p2")
+    with pytest.raises(CheckpointError, match="different trajectory"):  # a final-latents dir is not reused
+        sample_opponent(pipe, ids, caps, settings, tmp_path / "plain", trajectory=True, **kwargs)
+    # a shard that lost its trajectory tensor is not accepted as complete: it is sampled again
+    from safetensors.torch import load_file, save_file
+
+    shard = tmp_path / "traj" / "shard-00000.safetensors"
+    before = load_file(str(shard))["trajectory"][0]
+    save_file(
+        {"latents": load_file(str(shard))["latents"]}, str(shard), metadata={"ids": json.dumps(ids[:2])}
+    )
+    with pytest.raises(CheckpointError, match="shard-00000"):
+        OpponentSamples(tmp_path / "traj").trajectory("p0")
+    again = sample_opponent(pipe, ids, caps, settings, tmp_path / "traj", trajectory=True, **kwargs)
+    torch.testing.assert_close(again.trajectory("p0"), before)  # seeded: the same trajectories again
+
+
+@pytest.mark.parametrize(
+    ("override", "field"),
+    [
+        ({"sampling": {"scheduler": "euler"}}, "sampling.scheduler"),
+        ({"sampling": {"scheduler": "ddim", "eta": 0.5}}, "sampling.eta"),
+        ({"sampling": {"latents": "reencoded"}}, "sampling.latents"),
+        ({"training": {"precompute_reference": True}}, "training.precompute_reference"),
+        ({"model": {"pretrained": "x", "lora": {"enabled": True, "dropout": 0.1}}}, "model.lora.dropout"),
+        ({"training": {"trajectory_grad_steps": 30}}, "training.trajectory_grad_steps"),
+    ],
+)
+def test_settings_spin_exact_cannot_honour_are_refused_by_name(override: dict, field: str) -> None:
+    from spin_diffusion.config import validate_config
+    from spin_diffusion.errors import ConfigError
+
+    raw = {
+        "name": "r",
+        "method": "spin-exact",
+        "model": {"pretrained": "x"},
+        "data": {"source": "imagefolder", "path": "d", "resolution": 16},
+    }
+    raw.update(override)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        validate_config(raw)
+    raw["method"] = "spin"
+    if field not in ("model.lora.dropout", "training.trajectory_grad_steps", "sampling.eta"):
+        validate_config(raw)  # approximate SPIN accepts them

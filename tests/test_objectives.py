@@ -122,3 +122,57 @@ def test_pair_diagnostics() -> None:
     assert diag.margin_a == pytest.approx(0.1)
     assert diag.margin_b == pytest.approx(0.0)
     assert set(diag.as_dict("win", "lose")) == {"implicit_acc", "d_win", "d_lose", "u_mean"}
+
+
+# --------------------------------------------------------------------------- exact SPIN (eq. 4.8)
+
+
+def _trajectory_errors(b: int = 5, k: int = 7, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.rand(b, k, generator=g) * 1e-3 + 0.1 for _ in range(4)]
+
+
+def test_trajectory_margin_averages_the_per_step_margins_inside_l() -> None:
+    from spin_diffusion.objectives import exact_spin_loss, preference_margin, trajectory_margin
+
+    m_r, r_r, m_g, r_g = _trajectory_errors()
+    per_step = preference_margin(m_r, r_r, m_g, r_g, 3000.0)  # [B, K] elementwise
+    torch.testing.assert_close(trajectory_margin(m_r, r_r, m_g, r_g, 3000.0), per_step.mean(dim=1))
+    one = [e[:, :1] for e in (m_r, r_r, m_g, r_g)]  # K = 1: the approximate objective's margin
+    torch.testing.assert_close(
+        trajectory_margin(*one, 3000.0), preference_margin(*[e[:, 0] for e in one], 3000.0)
+    )
+    # Lemma 4.1 (Jensen, l convex): exact <= mean over steps of the approximate per-step losses
+    for loss_type in ("logistic", "hinge", "correlation"):
+        exact = exact_spin_loss(m_r, r_r, m_g, r_g, 3000.0, loss_type)
+        approx = spin_loss(m_r, r_r, m_g, r_g, 3000.0, loss_type).mean(dim=1)
+        assert bool((exact <= approx + 1e-6).all())
+    assert bool(
+        (exact_spin_loss(m_r, r_r, m_g, r_g, 3000.0) < spin_loss(m_r, r_r, m_g, r_g, 3000.0).mean(1)).any()
+    )
+
+
+@pytest.mark.parametrize("loss_type", ["logistic", "hinge", "correlation"])
+def test_margin_loss_slope_is_l_prime(loss_type: str) -> None:
+    from spin_diffusion.objectives import margin_loss_slope
+
+    u = torch.tensor([-30.0, -1.0, 0.0, 0.5, 2.0, 40.0])
+    closed = {
+        "logistic": -torch.sigmoid(-u),
+        "hinge": -(u < 1).float(),
+        "correlation": -torch.ones_like(u),
+    }[loss_type]
+    torch.testing.assert_close(margin_loss_slope(u, loss_type), closed)
+
+
+def test_step_coefficients_give_the_gradient_of_the_exact_loss() -> None:
+    from spin_diffusion.objectives import exact_spin_loss, trajectory_margin, trajectory_step_coefficients
+
+    m_r, r_r, m_g, r_g = _trajectory_errors()
+    m_r.requires_grad_(True)
+    m_g.requires_grad_(True)
+    exact_spin_loss(m_r, r_r, m_g, r_g, 3000.0).sum().backward()
+    u = trajectory_margin(m_r.detach(), r_r, m_g.detach(), r_g, 3000.0)
+    c = trajectory_step_coefficients(u, 3000.0, m_r.shape[1])
+    torch.testing.assert_close(m_r.grad, c[:, None].expand_as(m_r))
+    torch.testing.assert_close(m_g.grad, -c[:, None].expand_as(m_g))

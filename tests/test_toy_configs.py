@@ -1,4 +1,4 @@
-"""The shipped toy-world configs (SPIN 2 iterations, SFT, DPO) each finish, shrunk to test size."""
+"""The shipped toy-world configs (SPIN and exact SPIN 2 iterations, SFT, DPO) each finish, shrunk to test size."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def toy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.mark.parametrize("name", ["toy-spin", "toy-sft", "toy-dpo"])
+@pytest.mark.parametrize("name", ["toy-spin", "toy-spin-exact", "toy-sft", "toy-dpo"])
 def test_toy_config_runs_and_its_models_load_in_diffusers(name: str, toy_data: Path, tmp_path: Path) -> None:
     from diffusers import StableDiffusionPipeline, UNet2DConditionModel
 
@@ -44,6 +44,8 @@ def test_toy_config_runs_and_its_models_load_in_diffusers(name: str, toy_data: P
         "training.trackers=[]",
     ]
     overrides += [f"iterations.{k}.max_steps=2" for k in range(len(raw["iterations"]))]
+    if raw["method"] == "spin-exact":
+        overrides.append("training.trajectory_grad_steps=2")  # within the 4 sampling steps above
     args = ["train", str(REPO / "configs" / f"{name}.yaml")]
     for o in overrides:
         args += ["--set", o]

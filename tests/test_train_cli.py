@@ -291,6 +291,24 @@ def test_two_process_data_parallel_training(
     assert manifest["world_size"] == 2 and manifest["num_prompts"] == 8
 
 
+@pytest.mark.distributed
+def test_two_process_spin_exact_chunked_backward_keeps_replicas_identical(
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
+) -> None:
+    """Pass 2 runs several chunk backwards per micro-step, all but the last under no_sync."""
+    cfg = _config(
+        tmp_path,
+        tiny_pipeline_dir,
+        {"source": "imagefolder", "path": str(imagefolder)},
+        method="spin-exact",
+        iterations=[{}],
+    )
+    train_two_processes(cfg, "--set", "training.batch_size=2", "--set", "training.trajectory_chunk_size=2")
+    summary = json.loads((tmp_path / "runs" / "run" / "iter-1" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2
+    assert len(summary["rank_fingerprints"]) == 2 and len(set(summary["rank_fingerprints"])) == 1
+
+
 def test_lora_self_play_and_precomputed_reference(
     tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
 ) -> None:
@@ -351,3 +369,40 @@ def test_dpo_family_methods_train(
     else:
         assert log[0]["loss"] == pytest.approx(first, abs=1e-3)
     assert json.loads((run / "results.json").read_text())["method"] == method
+
+
+def test_spin_exact_full_fine_tuning_and_lora(
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
+) -> None:
+    """`method: spin-exact` trains on stored trajectories, two iterations (full) and with a LoRA."""
+    data = {"source": "imagefolder", "path": str(imagefolder)}
+    full = _config(tmp_path / "full", tiny_pipeline_dir, data, method="spin-exact")
+    assert main(["train", str(full), "--set", "training.trajectory_chunk_size=5"]) == 0
+    run = tmp_path / "full" / "runs" / "run"
+    results = json.loads((run / "results.json").read_text())
+    it1, it2 = results["iterations"]
+    assert it2["opponent_fingerprint"] == it1["model_fingerprint"] != it1["opponent_fingerprint"]
+    manifest = json.loads((run / "iter-2" / "samples" / "manifest.json").read_text())
+    assert len(manifest["trajectory"]["timesteps"]) == 3  # sampling.num_inference_steps
+    log = [json.loads(line) for line in (run / "iter-1" / "train_log.jsonl").read_text().splitlines()]
+    assert log[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # theta == opponent at the first step
+    assert log[0]["trajectory_steps"] == 3 and log[0]["grad_steps"] == 3
+    for k in (1, 2):
+        _sample_ok(_plain_pipeline(tiny_pipeline_dir, run / f"iter-{k}" / "model"))
+
+    lora = _config(
+        tmp_path / "lora",
+        tiny_pipeline_dir,
+        data,
+        method="spin-exact",
+        iterations=[{"beta": 2000}],
+        model={"pretrained": str(tiny_pipeline_dir), "lora": {"enabled": True, "rank": 2}},
+    )
+    assert main(["train", str(lora), "--set", "training.trajectory_grad_steps=2"]) == 0
+    model_dir = tmp_path / "lora" / "runs" / "run" / "iter-1" / "model"
+    assert (model_dir / "pytorch_lora_weights.safetensors").is_file()
+    _sample_ok(_plain_pipeline(tiny_pipeline_dir, model_dir))
+    log = [json.loads(line) for line in (model_dir.parent / "train_log.jsonl").read_text().splitlines()]
+    assert log[-1]["grad_steps"] == 2 and {"d_real", "d_gen", "implicit_acc"} <= set(log[-1])
+    summary = json.loads((model_dir.parent / "iteration.json").read_text())
+    assert summary["model_fingerprint"] != summary["opponent_fingerprint"]  # the LoRA moved the model
