@@ -39,8 +39,9 @@ def run(mode: str, steps: int, unet, ref, sched) -> None:
         direct_exact_loss(unet, ref.unet, x0, eps, traj, schedule, emb, 100.0).backward()
         return
     batch = Batch(
-        list(range(B)), [0] * B, [""] * B, x0, traj, torch.zeros(B, dtype=torch.long), eps, schedule, None
-    )
+        indices=list(range(B)), epoch=[0] * B, captions=[""] * B, latents_a=x0, latents_b=traj,
+        timesteps=torch.zeros(B, dtype=torch.long), noise=eps, schedule=schedule,
+    )  # fmt: skip
     out = exact_spin_output(
         TrainingConfig(beta=100.0, trajectory_chunk_size=CHUNK), unet, sched, ref, batch, emb
     )

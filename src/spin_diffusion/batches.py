@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from spin_diffusion.seeds import example_seed
@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     import torch
 
     from spin_diffusion.conditioning import SizeCond
+    from spin_diffusion.trajectories import SolverSchedule
 
 
 @dataclass(frozen=True)
@@ -66,8 +67,11 @@ class Batch:
     latents_b: torch.Tensor | None
     timesteps: torch.Tensor
     noise: torch.Tensor
-    from spin_diffusion.conditioning import SizeCond
-    from spin_diffusion.trajectories import SolverSchedule
+    size_cond_a: list[SizeCond | None] = field(default_factory=list)  # per example; None: the trained size
+    size_cond_b: list[SizeCond | None] = field(default_factory=list)
+    # trajectory objectives (spin-exact): latents_b is then the opponent's [B, K+1, ...] trajectory
+    schedule: SolverSchedule | None = None
+    step_order: torch.Tensor | None = None  # [B, K]: a seeded permutation of the steps per example
 
 
 def make_batch(
