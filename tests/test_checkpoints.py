@@ -196,3 +196,55 @@ def test_another_save_failure_is_not_called_a_full_disk_and_leaves_no_temporary(
     with pytest.raises(RuntimeError, match="file write failed"):
         trainer.train()
     assert not list((out / "checkpoints").glob(".step-*"))
+
+
+def _lora_trainer(pipe, out_dir: Path, max_steps: int) -> Trainer:
+    import torch
+    from accelerate import Accelerator
+
+    from spin_diffusion.models import LoraSettings, add_lora
+
+    unet = frozen_copy(pipe.unet)
+    torch.manual_seed(3)  # the adapter's initial A: the same in every run of this test
+    add_lora(unet, LoraSettings(rank=2, alpha=2.0))
+    sched = training_scheduler(pipe)
+    cfg = CFG.model_copy(update={"max_steps": max_steps, "use_ema": True, "ema_decay": 0.9})
+    return Trainer(
+        method="spin",
+        cfg=cfg,
+        accelerator=Accelerator(cpu=True),
+        unet=unet,
+        noise_scheduler=sched,
+        text_encoder=pipe.text_encoder,
+        tokenizer=pipe.tokenizer,
+        data=SyntheticPairs(CAPTIONS),
+        reference=ModuleReference(unet, sched, disable_adapters=True),
+        out_dir=out_dir,
+        seed=5,
+        show_progress=False,
+    )
+
+
+def test_a_lora_checkpoint_holds_only_the_adapter_and_resumes_exactly(pipe, tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    straight = _lora_trainer(pipe, tmp_path / "straight", 4)
+    straight.train()
+    ckpt = tmp_path / "straight" / "checkpoints" / "step-2"
+    assert not (ckpt / "model.safetensors").exists()
+    with safe_open(str(ckpt / "adapter.safetensors"), framework="pt") as f:
+        keys = list(f.keys())  # noqa: SIM118
+    trainable = [n for n, p in straight.final_unet.named_parameters() if p.requires_grad]
+    assert sorted(keys) == sorted(trainable) and all("lora_" in k for k in keys)
+    # the EMA follows the adapter only
+    assert len(straight.ema.shadow_params) == len(trainable)
+    with safe_open(str(ckpt / "ema.safetensors"), framework="pt") as f:
+        assert sorted(f.keys()) == sorted(trainable)  # noqa: SIM118
+    base_bytes = sum(t.numel() * t.element_size() for t in pipe.unet.state_dict().values())
+    ckpt_bytes = sum(p.stat().st_size for p in ckpt.rglob("*") if p.is_file())
+    assert ckpt_bytes < base_bytes / 4  # adapter + its Adam state + EMA, no base weights
+
+    _lora_trainer(pipe, tmp_path / "resumed", 2).train()
+    again = _lora_trainer(pipe, tmp_path / "resumed", 4)
+    assert again.train().resumed_from == 2
+    assert fingerprint_module(again.final_unet) == fingerprint_module(straight.final_unet)

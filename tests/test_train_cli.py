@@ -406,3 +406,46 @@ def test_spin_exact_full_fine_tuning_and_lora(
     assert log[-1]["grad_steps"] == 2 and {"d_real", "d_gen", "implicit_acc"} <= set(log[-1])
     summary = json.loads((model_dir.parent / "iteration.json").read_text())
     assert summary["model_fingerprint"] != summary["opponent_fingerprint"]  # the LoRA moved the model
+
+
+def _unet_weights(model_dir: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(model_dir / "unet" / "diffusion_pytorch_model.safetensors"))
+
+
+@pytest.mark.distributed
+def test_fsdp_on_two_processes_matches_one_process(
+    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
+) -> None:
+    import torch
+
+    data = {"source": "imagefolder", "path": str(imagefolder)}
+    # the same global batch of 4: 2 per process x 2 sharded processes, or 4 in one process. A larger
+    # Adam epsilon keeps near-zero gradient entries from turning reduction-order rounding into
+    # sign-sized updates (with 1e-8, one entry in 9k differs by 15% of a step).
+    eps = ("--set", "training.adam_epsilon=1e-4")
+    sharded = _config(tmp_path / "fsdp", tiny_pipeline_dir, data)
+    train_two_processes(sharded, "--set", "training.batch_size=2", *eps, fsdp=True)
+    single = _config(tmp_path / "one", tiny_pipeline_dir, data)
+    assert main(["train", str(single), "--set", "training.batch_size=4", *eps]) == 0
+    runs = {name: tmp_path / name / "runs" / "run" for name in ("fsdp", "one")}
+    for k in (1, 2):
+        summary = json.loads((runs["fsdp"] / f"iter-{k}" / "train_summary.json").read_text())
+        assert summary["world_size"] == 2 and summary["global_batch"] == 4
+        a, b = (_unet_weights(runs[n] / f"iter-{k}" / "model") for n in ("fsdp", "one"))
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
+        logs = [
+            [
+                json.loads(line)
+                for line in (runs[n] / f"iter-{k}" / "train_log.jsonl").read_text().splitlines()
+            ]
+            for n in ("fsdp", "one")
+        ]
+        for two, one in zip(*logs, strict=True):  # logged over both processes: the whole global batch
+            # beta = 2000 scales float rounding of the errors ~1e3-fold into the loss's exponent
+            assert two["loss"] == pytest.approx(one["loss"], rel=1e-3)
+            assert two["implicit_acc"] == pytest.approx(one["implicit_acc"], abs=1e-6)
+    _sample_ok(_plain_pipeline(tiny_pipeline_dir, runs["fsdp"] / "iter-2" / "model"))

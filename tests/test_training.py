@@ -21,7 +21,7 @@ from spin_diffusion.reference import (
     precompute_reference_errors,
 )
 from spin_diffusion.training import Trainer, TrainingDiverged, lr_factor
-from synthetic_pairs import SyntheticPairs
+from synthetic_pairs import SIX_CAPTIONS, SyntheticPairs
 
 
 def _accelerator():
@@ -30,9 +30,10 @@ def _accelerator():
     return Accelerator(cpu=True)
 
 
-def _trainer(pipe, out_dir: Path, cfg: TrainingConfig, data=None, method: str = "spin") -> Trainer:
-    unet = frozen_copy(pipe.unet)
-    unet.requires_grad_(True)
+def _trainer(pipe, out_dir: Path, cfg: TrainingConfig, data=None, method: str = "spin", unet=None) -> Trainer:
+    if unet is None:
+        unet = frozen_copy(pipe.unet)
+        unet.requires_grad_(True)
     sched = training_scheduler(pipe)
     reference = ModuleReference(frozen_copy(pipe.unet), sched) if method != "sft" else None
     return Trainer(
@@ -245,3 +246,106 @@ def test_the_effective_global_batch_is_logged_and_returned(pipe, tmp_path: Path,
     assert "global batch 6 = batch_size 2 x 1 processes x 3 accumulation steps" in caplog.text
     write_summary(tmp_path / "gb", result)
     assert json.loads((tmp_path / "gb" / "train_summary.json").read_text())["global_batch"] == 6
+
+
+EIGHT_CAPTIONS = (*SIX_CAPTIONS, "a red circle on the left", "a blue square on the right")
+
+
+def _perturbed(pipe) -> torch.nn.Module:
+    """A trainable copy of the UNet that differs from the reference: losses and accuracies vary."""
+    unet = frozen_copy(pipe.unet)
+    gen = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in unet.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    return unet.requires_grad_(True)
+
+
+def _log(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_accumulating_four_micro_batches_equals_one_four_times_larger_batch(pipe, tmp_path: Path) -> None:
+    # eight examples: batch 1 x 4 micro-steps and batch 4 x 1 visit the same items at both steps.
+    # A larger Adam epsilon keeps near-zero gradient entries from turning summation-order rounding
+    # into sign-sized updates (with 1e-8 one entry in 18k differs by 2% of the step).
+    base = dict(
+        max_steps=2,
+        learning_rate=1e-4,
+        adam_epsilon=1e-4,
+        lr_scheduler="constant",
+        checkpointing_steps=100,
+        trackers=[],
+    )
+    data = SyntheticPairs(EIGHT_CAPTIONS)
+    runs = {}
+    for name, batch, accum in [("accumulated", 1, 4), ("large", 4, 1)]:
+        cfg = TrainingConfig(**base, batch_size=batch, gradient_accumulation_steps=accum)
+        trainer = _trainer(pipe, tmp_path / name, cfg, data=data, unet=_perturbed(pipe))
+        trainer.train()
+        assert trainer.micro_step == 2 * accum
+        runs[name] = trainer
+    acc, large = (runs[k].final_unet for k in ("accumulated", "large"))
+    start = _perturbed(pipe)
+    moved = max(
+        (p - s).abs().max().item() for p, s in zip(large.parameters(), start.parameters(), strict=True)
+    )
+    assert moved > 1e-5  # the steps did change the weights
+    for p_acc, p_large in zip(acc.parameters(), large.parameters(), strict=True):
+        torch.testing.assert_close(p_acc, p_large, rtol=0, atol=moved * 1e-3)
+    for a, b in zip(_log(tmp_path / "accumulated"), _log(tmp_path / "large"), strict=True):
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+        assert a["implicit_acc"] == pytest.approx(b["implicit_acc"], abs=1e-9)
+
+
+def test_logged_metrics_are_the_mean_over_the_steps_micro_batches(pipe, tmp_path: Path) -> None:
+    cfg = TrainingConfig(
+        max_steps=1,
+        batch_size=2,
+        gradient_accumulation_steps=4,
+        beta=500.0,
+        checkpointing_steps=100,
+        trackers=[],
+    )
+    data = SyntheticPairs(EIGHT_CAPTIONS)
+    model = _perturbed(pipe)
+    sched = training_scheduler(pipe)
+    ref = ModuleReference(frozen_copy(pipe.unet), sched)
+    per_micro = []
+    for m in range(4):  # what the loop's four micro-batches give with the weights before the step
+        batch = make_batch(data, micro_batch_items(8, m, batch_size=2, rank=0, world_size=1, seed=11), seed=11,
+                           num_train_timesteps=1000)  # fmt: skip
+        emb = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions)
+        with torch.no_grad():
+            per_micro.append(compute_loss("spin", cfg, model, sched, ref, batch, emb).metrics)
+    _trainer(pipe, tmp_path / "run", cfg, data=data, unet=_perturbed(pipe)).train()
+    logged = _log(tmp_path / "run")[0]
+    losses = [m["loss"] for m in per_micro]
+    assert max(losses) - min(losses) > 1e-3  # the last micro-batch alone would not pass
+    for key in ("loss", "implicit_acc", "d_real", "model_err_gen"):
+        assert logged[key] == pytest.approx(sum(m[key] for m in per_micro) / 4, rel=1e-6, abs=1e-9)
+
+
+def _ema_cfg(max_steps: int) -> TrainingConfig:
+    return TrainingConfig(
+        max_steps=max_steps,
+        batch_size=2,
+        use_ema=True,
+        ema_decay=0.9,
+        learning_rate=1e-2,
+        lr_scheduler="constant",
+        checkpointing_steps=2,
+        trackers=[],
+    )
+
+
+def test_a_resumed_ema_equals_an_uninterrupted_one(pipe, tmp_path: Path) -> None:
+    straight = _trainer(pipe, tmp_path / "straight", _ema_cfg(4))
+    straight.train()
+    _trainer(pipe, tmp_path / "resumed", _ema_cfg(2)).train()
+    resumed = _trainer(pipe, tmp_path / "resumed", _ema_cfg(4))
+    assert resumed.train().resumed_from == 2
+    assert resumed.ema.optimization_step == straight.ema.optimization_step == 4
+    for a, b in zip(resumed.ema.shadow_params, straight.ema.shadow_params, strict=True):
+        assert torch.equal(a, b)
+    assert fingerprint_module(resumed.final_unet) == fingerprint_module(straight.final_unet)

@@ -553,7 +553,7 @@ def _run_iteration(
 
     def validate_every(t: Trainer) -> None:
         if every and t.step % every == 0 and t.step < train_cfg.max_steps:  # the end is logged below
-            log_validation(accelerator, pipe, t.unet, vset, trackers, offset + t.step)
+            log_validation(accelerator, pipe, t.trained_unet(), vset, trackers, offset + t.step)
 
     trainer = Trainer(
         method=cfg.method,
@@ -576,9 +576,9 @@ def _run_iteration(
     clock.lap("setup")
     result = trainer.train()
     clock.lap("train")
-    log_validation(accelerator, pipe, trainer.unet, vset, trackers, offset + result.steps)
+    trained = trainer.final_unet  # complete on every process, also when FSDP/DeepSpeed sharded it
+    log_validation(accelerator, pipe, trained, vset, trackers, offset + result.steps)
     clock.lap("validation")
-    trained = accelerator.unwrap_model(trainer.unet)
     model_dir = iter_dir / "model"
     if accelerator.is_main_process:
         save_trained_unet(trained, model_dir, previous=previous)

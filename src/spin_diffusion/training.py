@@ -9,7 +9,6 @@ from a step count.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -32,6 +31,13 @@ from spin_diffusion.checkpoints import (
     truncate_log,
     write_complete_marker,
 )
+from spin_diffusion.distributed import (
+    adapter_only_state,
+    fill_deepspeed_config,
+    gathered_copy,
+    is_sharded,
+)
+from spin_diffusion.ema import EMA_FILE, load_ema, save_ema
 from spin_diffusion.errors import UserError
 from spin_diffusion.interrupt import Interrupted, StopFlag
 from spin_diffusion.losses import Backprop, compute_loss
@@ -139,16 +145,40 @@ class Trainer:
             eps=self.cfg.adam_epsilon,
             weight_decay=self.cfg.weight_decay,
         )
-        self.unet, self.optimizer = self.acc.prepare(self.unet, optimizer)
-        self.ema = None
-        if self.cfg.use_ema:
-            from diffusers.training_utils import EMAModel
-
-            self.ema = EMAModel(self.acc.unwrap_model(self.unet).parameters(), decay=self.cfg.ema_decay)
-        self.device = self.acc.device
-        self.prompts.to(self.device)
         self.accumulation = self.cfg.accumulation_steps(self.acc.num_processes)
         self.global_batch = self.cfg.batch_size * self.acc.num_processes * self.accumulation
+        self.sharded = is_sharded(self.acc)
+        # accelerate counts the accumulation window; DeepSpeed reads the count (and batch) at prepare
+        self.acc.gradient_accumulation_steps = self.accumulation
+        fill_deepspeed_config(self.acc, self.cfg)
+        self.unet, self.optimizer = self.acc.prepare(self.unet, optimizer)
+        if self.acc.gradient_accumulation_steps != self.accumulation:
+            raise UserError(
+                f"the DeepSpeed config sets gradient_accumulation_steps {self.acc.gradient_accumulation_steps}, "
+                f"training needs {self.accumulation}; set it to auto in the DeepSpeed config"
+            )
+        self.acc.step = self.micro_step  # accelerate's window counter: a resume sets both (maybe_resume)
+        self.ema = self._make_ema()
+        self.device = self.acc.device
+        self.prompts.to(self.device)
+        self._window: list[dict[str, float]] = []  # metrics of the micro-batches of this optimizer step
+        self.final_unet: Any = None  # the trained model as a plain module, set at the end of train()
+
+    def _make_ema(self) -> Any:
+        """EMA of the trainable weights only (LoRA: the adapter), so it costs what they cost."""
+        if not self.cfg.use_ema:
+            return None
+        if self.sharded:
+            raise UserError(
+                "training.use_ema is not supported with FSDP or DeepSpeed: each process holds only a shard "
+                "of the weights; train with plain data parallelism or set training.use_ema=false"
+            )
+        from diffusers.training_utils import EMAModel
+
+        return EMAModel(self._trainable_parameters(), decay=self.cfg.ema_decay)
+
+    def _trainable_parameters(self) -> list[Any]:
+        return [p for p in self.acc.unwrap_model(self.unet).parameters() if p.requires_grad]
 
     # -- checkpoints
 
@@ -179,19 +209,24 @@ class Trainer:
         return final
 
     def _write_checkpoint(self, tmp: Path) -> None:
-        self.acc.save_state(str(tmp))
+        with adapter_only_state(self.acc, enabled=self._adapter_only()):
+            self.acc.save_state(str(tmp))
         if self.ema is not None and self.acc.is_main_process:
-            from safetensors.torch import save_file
-
-            save_file(
-                {str(i): p.detach().cpu().contiguous() for i, p in enumerate(self.ema.shadow_params)},
-                str(tmp / "ema.safetensors"),
-            )
+            save_ema(self.ema, self._trainable_names(), tmp / EMA_FILE)
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             state = {"step": self.step, "micro_step": self.micro_step, "world_size": self.acc.num_processes}
             (tmp / TRAIN_STATE).write_text(json.dumps(state))
             write_complete_marker(tmp)
+
+    def _adapter_only(self) -> bool:
+        """LoRA: checkpoints hold the adapter, not the frozen base (a few MB instead of the UNet)."""
+        from spin_diffusion.models import has_lora
+
+        return not self.sharded and has_lora(self.acc.unwrap_model(self.unet))
+
+    def _trainable_names(self) -> list[str]:
+        return [n for n, p in self.acc.unwrap_model(self.unet).named_parameters() if p.requires_grad]
 
     def _disk_full_message(self, final: Path) -> str:
         free = shutil.disk_usage(self.ckpt_root).free if self.ckpt_root.exists() else 0
@@ -207,10 +242,22 @@ class Trainer:
         from spin_diffusion.models import save_trained_unet
 
         path = self.out_dir / "snapshots" / f"step-{self.step}"
+        trained = self.trained_unet()  # every process: gathering a sharded model is collective
         if self.acc.is_main_process:
-            save_trained_unet(self.acc.unwrap_model(self.unet), path, previous=self.previous_model)
+            save_trained_unet(trained, path, previous=self.previous_model)
         self.acc.wait_for_everyone()
         return path
+
+    def trained_unet(self) -> Any:
+        """The trained weights as one plain, complete module on every process (call on all of them).
+
+        Data parallel: the local replica itself. FSDP/DeepSpeed: the local module
+        holds a shard, so the full state dict is gathered (``get_state_dict``) and
+        loaded into a fresh module built from the config; nothing is deep-copied.
+        """
+        if not self.sharded:
+            return self.acc.unwrap_model(self.unet)
+        return gathered_copy(self.acc, self.unet)
 
     def maybe_resume(self) -> int | None:
         """Load the newest checkpoint that verifies; newer damaged ones are moved aside, saying why."""
@@ -236,14 +283,12 @@ class Trainer:
                 f"{path} was written by {state.get('world_size')} processes, this run has {self.acc.num_processes}; "
                 "resume with the same number of processes"
             )
-        self.acc.load_state(str(path))
-        if self.ema is not None and (path / "ema.safetensors").is_file():
-            from safetensors.torch import load_file
-
-            saved = load_file(str(path / "ema.safetensors"))
-            for i, p in enumerate(self.ema.shadow_params):
-                p.data.copy_(saved[str(i)])
+        with adapter_only_state(self.acc, enabled=self._adapter_only()):
+            self.acc.load_state(str(path))
+        if self.ema is not None:
+            load_ema(self.ema, self._trainable_names(), path / EMA_FILE)
         self.step, self.micro_step = state["step"], state["micro_step"]
+        self.acc.step = self.micro_step  # the accumulation window continues where it stopped
         return step
 
     # -- one step
@@ -272,38 +317,30 @@ class Trainer:
         return lr
 
     def train_step(self) -> dict[str, float] | None:
-        """One micro-batch; returns metrics when it completed an optimizer step.
+        """One micro-batch; returns the step's metrics when it completed an optimizer step.
 
-        Accumulation is counted here from ``micro_step`` (not by accelerate's own
-        counter) so a resumed run syncs on exactly the same micro-steps.
+        accelerate's ``accumulate`` decides when gradients sync (and, under
+        DeepSpeed, when the engine steps) from its own micro-step counter, which
+        is kept equal to ``micro_step`` across resumes. ``backward`` divides the
+        loss by the accumulation count.
         """
         batch = self.next_batch()
         lr = self.set_lr()
-        accum = self.accumulation
-        sync = (self.micro_step + 1) % accum == 0
-        with contextlib.nullcontext() if sync else self.acc.no_sync(self.unet):
+        with self.acc.accumulate(self.unet):
             emb = self.prompts.for_batch(batch)
             with self.acc.autocast():
                 out = compute_loss(
                     self.method, self.cfg, self.unet, self.noise_scheduler, self.reference, batch, emb
                 )
-            if not bool(self.acc.gather(out.loss.detach().reshape(1)).isfinite().all()):
-                last = list_checkpoints(self.ckpt_root)
-                kept = f"; last good checkpoint {last[-1][1]} is untouched" if last else ""
-                raise TrainingDiverged(
-                    f"loss became {out.loss.item()} at step {self.step + 1} ({self.out_dir}){kept}"
-                )
+            self._check_finite(out.loss)
             if out.backward is None:
-                self.acc.backward(out.loss / accum)
+                self.acc.backward(out.loss)  # accelerate divides by the accumulation steps
             else:  # the objective back-propagates chunk by chunk (spin-exact); same scaling and sync
                 with self.acc.autocast():
-                    out.backward(
-                        Backprop(
-                            lambda loss: self.acc.backward(loss / accum), lambda: self.acc.no_sync(self.unet)
-                        )
-                    )
+                    out.backward(Backprop(self.acc.backward, lambda: self.acc.no_sync(self.unet)))
         self.micro_step += 1
-        if not sync:
+        self._window.append(out.metrics)
+        if not self.acc.sync_gradients:
             return None
         grad_norm = None
         if self.cfg.max_grad_norm is not None:
@@ -312,12 +349,34 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         if self.ema is not None:
-            self.ema.step(self.acc.unwrap_model(self.unet).parameters())
-        metrics = dict(out.metrics)
+            self.ema.step(self._trainable_parameters())
+        metrics = self._step_metrics()
         metrics["lr"] = lr
         if grad_norm is not None:
             metrics["grad_norm"] = float(grad_norm)
         return metrics
+
+    def _check_finite(self, loss: Any) -> None:
+        if not bool(self.acc.gather(loss.detach().reshape(1)).isfinite().all()):
+            last = list_checkpoints(self.ckpt_root)
+            kept = f"; last good checkpoint {last[-1][1]} is untouched" if last else ""
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at step {self.step + 1} ({self.out_dir}){kept}"
+            )
+
+    def _step_metrics(self) -> dict[str, float]:
+        """Each metric's mean over the step's micro-batches and processes: the whole global batch.
+
+        Every micro-batch has the same size, so the mean of their means is the
+        mean over all examples (as Diffusion-DPO and TRL log it).
+        """
+        import torch
+
+        keys = sorted(self._window[0])
+        local = torch.tensor([[m[k] for k in keys] for m in self._window], dtype=torch.float64).mean(0)
+        everywhere = self.acc.gather(local.to(self.device).reshape(1, -1)).mean(0)
+        self._window = []
+        return dict(zip(keys, everywhere.tolist(), strict=True))
 
     def train(self) -> TrainResult:
         from tqdm.auto import tqdm
@@ -369,7 +428,8 @@ class Trainer:
                             f"interrupted at step {self.step}; checkpoint saved to {path}; run the same command to resume"
                         )
         if self.ema is not None:
-            self.ema.copy_to(self.acc.unwrap_model(self.unet).parameters())
+            self.ema.copy_to(self._trainable_parameters())
+        self.final_unet = self.trained_unet()
         return TrainResult(
             steps=self.step,
             resumed_from=resumed,
@@ -393,12 +453,12 @@ class Trainer:
             f.write(json.dumps({"step": self.step, **metrics}) + "\n")
 
     def _rank_fingerprints(self) -> list[str]:
-        """Each process's weight hash: data-parallel replicas must stay identical."""
+        """Each process's weight hash: data-parallel replicas must stay identical (sharded: the gathered copies)."""
         import torch
 
         from spin_diffusion.models import fingerprint_module
 
-        fp = fingerprint_module(self.acc.unwrap_model(self.unet))
+        fp = fingerprint_module(self.final_unet)  # sharded runs: of the gathered model
         as_int = torch.tensor([int(fp, 16) & ((1 << 62) - 1)], dtype=torch.long, device=self.device)
         return [format(int(v), "x") for v in self.acc.gather(as_int).tolist()]
 
