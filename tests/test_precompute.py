@@ -123,7 +123,7 @@ def pipe(tiny_pipeline_dir: Path):
     return load_pipeline(tiny_pipeline_dir)
 
 
-def _precompute(pipe, reference, plan: ReferencePlan, chunk_dir: Path, rank: int = 0, chunk: int = 1):
+def _precompute(pipe, reference, plan: ReferencePlan, chunk_dir: Path, rank: int = 0, chunk: int | None = 1):
     return precompute_reference_errors(
         reference,
         SyntheticPairs(),
@@ -198,6 +198,21 @@ def test_precompute_is_split_across_ranks_and_resumes_by_chunk(pipe, tmp_path: P
     redone = _precompute(pipe, again0, plan, chunks, rank=0)
     assert again0.examples == 2 and again1.examples == 2
     torch.testing.assert_close(redone, table, equal_nan=True)
+
+
+def test_a_precompute_for_more_steps_computes_only_the_chunks_past_the_old_ones(pipe, tmp_path: Path) -> None:
+    inner = ModuleReference(frozen_copy(pipe.unet), training_scheduler(pipe))
+    short = ReferencePlan(num_examples=6, micro_steps=4, batch_size=2, world_size=1, seed=3)
+    longer = ReferencePlan(num_examples=6, micro_steps=8, batch_size=2, world_size=1, seed=3)
+    first = CountingReference(inner)
+    assert _precompute(pipe, first, short, tmp_path / "chunks", chunk=None).shape == (2, 6, 2)
+    assert first.examples == 8  # one chunk of all 4 micro-steps
+    extended = CountingReference(inner)
+    table = _precompute(pipe, extended, longer, tmp_path / "chunks", chunk=None)
+    assert extended.examples == 8  # micro-steps 4..7 only: the first chunk is kept
+    assert table.shape == (longer.epochs, 6, 2) == (3, 6, 2)  # covers the epochs the new steps reach
+    fresh = _precompute(pipe, CountingReference(inner), longer, tmp_path / "fresh", chunk=None)
+    torch.testing.assert_close(table, fresh, rtol=0, atol=0, equal_nan=True)
 
 
 def test_a_lookup_outside_the_precomputed_items_is_an_error(pipe) -> None:

@@ -277,21 +277,6 @@ def test_interrupted_training_resumes_from_its_checkpoint(
 
 
 @pytest.mark.distributed
-def test_two_process_data_parallel_training(
-    tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
-) -> None:
-    cfg = _config(
-        tmp_path, tiny_pipeline_dir, {"source": "imagefolder", "path": str(imagefolder)}, iterations=[{}]
-    )
-    train_two_processes(cfg, "--set", "training.batch_size=2")
-    summary = json.loads((tmp_path / "runs" / "run" / "iter-1" / "train_summary.json").read_text())
-    assert summary["world_size"] == 2
-    assert len(summary["rank_fingerprints"]) == 2 and len(set(summary["rank_fingerprints"])) == 1
-    manifest = json.loads((tmp_path / "runs" / "run" / "iter-1" / "samples" / "manifest.json").read_text())
-    assert manifest["world_size"] == 2 and manifest["num_prompts"] == 8
-
-
-@pytest.mark.distributed
 def test_two_process_spin_exact_chunked_backward_keeps_replicas_identical(
     tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
 ) -> None:
@@ -415,25 +400,29 @@ def _unet_weights(model_dir: Path) -> dict:
 
 
 @pytest.mark.distributed
-def test_fsdp_on_two_processes_matches_one_process(
+def test_two_processes_match_one_process_with_the_same_global_batch(
     tmp_path: Path, tiny_pipeline_dir: Path, imagefolder: Path
 ) -> None:
+    """Data-parallel SPIN over 2 CPU processes: same weights and logged metrics as 1 process."""
     import torch
 
     data = {"source": "imagefolder", "path": str(imagefolder)}
-    # the same global batch of 4: 2 per process x 2 sharded processes, or 4 in one process. A larger
-    # Adam epsilon keeps near-zero gradient entries from turning reduction-order rounding into
+    # the same global batch of 4: 2 per process x 2 processes, or 4 in one process. A larger Adam
+    # epsilon keeps near-zero gradient entries from turning reduction-order rounding into
     # sign-sized updates (with 1e-8, one entry in 9k differs by 15% of a step).
     eps = ("--set", "training.adam_epsilon=1e-4")
-    sharded = _config(tmp_path / "fsdp", tiny_pipeline_dir, data)
-    train_two_processes(sharded, "--set", "training.batch_size=2", *eps, fsdp=True)
+    two = _config(tmp_path / "two", tiny_pipeline_dir, data)
+    train_two_processes(two, "--set", "training.batch_size=2", *eps)
     single = _config(tmp_path / "one", tiny_pipeline_dir, data)
     assert main(["train", str(single), "--set", "training.batch_size=4", *eps]) == 0
-    runs = {name: tmp_path / name / "runs" / "run" for name in ("fsdp", "one")}
+    runs = {name: tmp_path / name / "runs" / "run" for name in ("two", "one")}
+    manifest = json.loads((runs["two"] / "iter-1" / "samples" / "manifest.json").read_text())
+    assert manifest["world_size"] == 2 and manifest["num_prompts"] == 8
     for k in (1, 2):
-        summary = json.loads((runs["fsdp"] / f"iter-{k}" / "train_summary.json").read_text())
+        summary = json.loads((runs["two"] / f"iter-{k}" / "train_summary.json").read_text())
         assert summary["world_size"] == 2 and summary["global_batch"] == 4
-        a, b = (_unet_weights(runs[n] / f"iter-{k}" / "model") for n in ("fsdp", "one"))
+        assert len(summary["rank_fingerprints"]) == 2 and len(set(summary["rank_fingerprints"])) == 1
+        a, b = (_unet_weights(runs[n] / f"iter-{k}" / "model") for n in ("two", "one"))
         assert a.keys() == b.keys()
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-6)
@@ -442,10 +431,11 @@ def test_fsdp_on_two_processes_matches_one_process(
                 json.loads(line)
                 for line in (runs[n] / f"iter-{k}" / "train_log.jsonl").read_text().splitlines()
             ]
-            for n in ("fsdp", "one")
+            for n in ("two", "one")
         ]
-        for two, one in zip(*logs, strict=True):  # logged over both processes: the whole global batch
+        for both, one in zip(*logs, strict=True):  # logged over both processes: the whole global batch
             # beta = 2000 scales float rounding of the errors ~1e3-fold into the loss's exponent
-            assert two["loss"] == pytest.approx(one["loss"], rel=1e-3)
-            assert two["implicit_acc"] == pytest.approx(one["implicit_acc"], abs=1e-6)
-    _sample_ok(_plain_pipeline(tiny_pipeline_dir, runs["fsdp"] / "iter-2" / "model"))
+            assert both["loss"] == pytest.approx(one["loss"], rel=1e-3)
+            assert both["implicit_acc"] == pytest.approx(one["implicit_acc"], abs=1e-6)
+            assert both["d_real"] == pytest.approx(one["d_real"], rel=1e-3, abs=1e-7)
+    _sample_ok(_plain_pipeline(tiny_pipeline_dir, runs["two"] / "iter-2" / "model"))

@@ -206,6 +206,25 @@ def _chunk_done(path: Path, key: str, span: str) -> bool:
     return meta.get("key") == key and meta.get("micro_steps") == span
 
 
+def _chunk_size_in_use(chunk_dir: Path, key: str) -> int | None:
+    """The chunk size of an earlier precompute for the same key, read from its first chunk's span.
+
+    Keeping it when the step count changed (a resume with more steps) leaves the
+    finished chunks' spans unchanged, so only chunks past them are computed.
+    """
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(chunk_dir / REFERENCE_CHUNK.format(0)), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception:  # noqa: BLE001 - none yet, or damaged: choose afresh
+        return None
+    start, _, end = meta.get("micro_steps", "").partition(":")
+    if meta.get("key") != key or start != "0" or not end.isdigit() or int(end) < 1:
+        return None
+    return int(end)
+
+
 def precompute_reference_errors(
     reference: ModuleReference,
     data: TrainingData,
@@ -226,9 +245,12 @@ def precompute_reference_errors(
 
     The plan's micro-steps are cut into chunks; chunk ``c`` is computed by rank
     ``c % world_size`` and written to ``chunk_dir`` on its own, so an interrupted
-    precompute redoes only missing chunks. After ``barrier()`` every rank merges
-    all chunks into the dense ``[epochs, N, 2]`` table. Chunks hold at most 64
-    micro-steps, fewer when that is needed to give every rank a share.
+    precompute redoes only missing chunks, and one for more steps (a resume
+    after the step count was raised) computes only the chunks it lacks (a
+    last, shorter chunk is made again at full length). After ``barrier()`` every rank merges all chunks into the dense
+    ``[epochs, N, 2]`` table. Chunks hold at most 64 micro-steps, fewer when
+    that is needed to give every rank a share, and keep the size they were
+    first made with.
     """
     from safetensors.torch import save_file
     from tqdm.auto import tqdm
@@ -242,7 +264,9 @@ def precompute_reference_errors(
         default=str,
     )
     if chunk_micro_steps is None:
-        chunk_micro_steps = max(1, min(64, math.ceil(plan.micro_steps / plan.world_size)))
+        chunk_micro_steps = _chunk_size_in_use(chunk_dir, chunk_key) or max(
+            1, min(64, math.ceil(plan.micro_steps / plan.world_size))
+        )
     chunks = _chunk_ranges(plan, chunk_micro_steps)
     todo = [
         (c, s, e)
