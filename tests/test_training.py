@@ -349,3 +349,15 @@ def test_a_resumed_ema_equals_an_uninterrupted_one(pipe, tmp_path: Path) -> None
     for a, b in zip(resumed.ema.shadow_params, straight.ema.shadow_params, strict=True):
         assert torch.equal(a, b)
     assert fingerprint_module(resumed.final_unet) == fingerprint_module(straight.final_unet)
+
+
+def test_a_launch_asking_for_fsdp_that_accelerate_did_not_set_up_is_warned_about(
+    pipe, tmp_path: Path, caplog, monkeypatch
+) -> None:
+    cfg = TrainingConfig(max_steps=1, batch_size=2, checkpointing_steps=5, trackers=[])
+    trainer = _trainer(pipe, tmp_path / "run", cfg)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets
+    with caplog.at_level("INFO", logger="spin_diffusion.training"):
+        trainer.train()
+    assert "FSDP was asked for, but accelerate runs this as NO" in caplog.text
+    assert "accumulation steps (NO)" in caplog.text

@@ -251,7 +251,10 @@ class TrainingConfig(Strict):
         "in runs/NAME/config.yaml and iter-k/iteration.json",
     )
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
-    use_ema: bool = Field(False, description="keep an EMA of the weights and save it as the result")
+    use_ema: bool = Field(
+        False,
+        description="keep an EMA of the trainable weights (LoRA: the adapter) and save it as the result",
+    )
     ema_decay: float = Field(0.9999, gt=0, lt=1, description="EMA decay per optimizer step")
     beta: float = Field(
         2000.0, gt=0, description="pairwise temperature; no factor 1/2 (official DPO beta_dpo=5000 is 2500)"

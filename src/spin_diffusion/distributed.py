@@ -29,6 +29,24 @@ def is_sharded(acc: Accelerator) -> bool:
     return acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
 
 
+def sharding_ignored(acc: Accelerator) -> str | None:
+    """Which of FSDP/DeepSpeed the launch asked for but accelerate did not set up, if any.
+
+    accelerate 1.15 selects FSDP only for GPU-like multi-device runs and
+    DeepSpeed only off CPU; on a CPU-only machine ``accelerate launch --use_fsdp``
+    runs plain data parallelism (with ``ACCELERATE_USE_CPU=1``), which must not
+    pass for a sharded run unnoticed.
+    """
+    import os
+
+    asked = [
+        name
+        for name, var in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
+        if os.environ.get(var, "false").lower() == "true"
+    ]
+    return asked[0] if asked and not is_sharded(acc) else None
+
+
 def fill_deepspeed_config(acc: Accelerator, cfg: TrainingConfig) -> None:
     """Give DeepSpeed the values the loop decides (``auto`` entries only): the loop has no dataloader.
 

@@ -36,6 +36,7 @@ from spin_diffusion.distributed import (
     fill_deepspeed_config,
     gathered_copy,
     is_sharded,
+    sharding_ignored,
 )
 from spin_diffusion.ema import EMA_FILE, load_ema, save_ema
 from spin_diffusion.errors import UserError
@@ -387,13 +388,21 @@ class Trainer:
                 log.info("%s: resuming from step %d of %d", self.out_dir.name, resumed, self.cfg.max_steps)
             truncate_log(self.out_dir / LOG, self.step)  # lines past the checkpoint would repeat
             log.info(
-                "%s: global batch %d = batch_size %d x %d processes x %d accumulation steps",
+                "%s: global batch %d = batch_size %d x %d processes x %d accumulation steps (%s)",
                 self.out_dir.name,
                 self.global_batch,
                 self.cfg.batch_size,
                 self.acc.num_processes,
                 self.accumulation,
+                self.acc.distributed_type.value,
             )
+            if (asked := sharding_ignored(self.acc)) is not None:
+                log.warning(
+                    "%s was asked for, but accelerate runs this as %s (it sets up FSDP and DeepSpeed "
+                    "only on GPUs): every process holds the whole model",
+                    asked,
+                    self.acc.distributed_type.value,
+                )
         metrics: dict[str, float] = {}
         bar = tqdm(
             total=self.cfg.max_steps,
