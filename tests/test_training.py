@@ -361,3 +361,28 @@ def test_a_launch_asking_for_fsdp_that_accelerate_did_not_set_up_is_warned_about
         trainer.train()
     assert "FSDP was asked for, but accelerate runs this as NO" in caplog.text
     assert "accumulation steps (NO)" in caplog.text
+
+
+def test_optimizer_switches(pipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fused AdamW off on CPU unless asked; channels-last weights; compile in place; 8-bit needs bitsandbytes."""
+    import importlib.util
+
+    from spin_diffusion.errors import ConfigError
+    from spin_diffusion.optimizers import build_optimizer
+
+    default = _trainer(pipe, tmp_path / "a", TrainingConfig(max_steps=1, trackers=[]))
+    assert not default.optimizer.optimizer.defaults["fused"]
+    compiled: list[object] = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    cfg = TrainingConfig(max_steps=1, trackers=[], fused_adamw=True, channels_last=True, compile=True)
+    switched = _trainer(pipe, tmp_path / "b", cfg)
+    assert switched.optimizer.optimizer.defaults["fused"]
+    conv = switched.acc.unwrap_model(switched.unet).conv_in.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert compiled == [switched.acc.unwrap_model(switched.unet)]
+    assert switched.train().steps == 1
+    if importlib.util.find_spec("bitsandbytes") is None:
+        with pytest.raises(ConfigError, match="adamw_8bit needs bitsandbytes, which is not installed"):
+            build_optimizer(
+                [torch.nn.Parameter(torch.zeros(2))], TrainingConfig(optimizer="adamw_8bit"), conv.device
+            )

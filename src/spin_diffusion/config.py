@@ -251,6 +251,16 @@ class TrainingConfig(Strict):
         "in runs/NAME/config.yaml and iter-k/iteration.json",
     )
     gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    optimizer: Literal["adamw", "adamw_8bit"] = Field(
+        "adamw", description="adamw (torch), or adamw_8bit (bitsandbytes, where it is installed; GPU)"
+    )
+    fused_adamw: bool | None = Field(
+        None, description="torch's fused AdamW kernel; null: on for CUDA, off elsewhere (docs/benchmarks.md)"
+    )
+    channels_last: bool = Field(False, description="keep the UNet in channels-last memory format")
+    compile: bool = Field(
+        False, description="torch.compile the trained UNet's forward (opt-in: compiling costs minutes once)"
+    )
     use_ema: bool = Field(
         False,
         description="keep an EMA of the trainable weights (LoRA: the adapter) and save it as the result",

@@ -42,6 +42,7 @@ from spin_diffusion.ema import EMA_FILE, load_ema, save_ema
 from spin_diffusion.errors import UserError
 from spin_diffusion.interrupt import Interrupted, StopFlag
 from spin_diffusion.losses import Backprop, compute_loss
+from spin_diffusion.optimizers import build_optimizer
 from spin_diffusion.reference import Reference
 
 if TYPE_CHECKING:
@@ -135,17 +136,13 @@ class Trainer:
 
         if self.cfg.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
+        if self.cfg.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
         self.unet.train()
         params = [p for p in self.unet.parameters() if p.requires_grad]
         if not params:
             raise UserError("the model has no trainable parameters")
-        optimizer = torch.optim.AdamW(
-            params,
-            lr=self.cfg.learning_rate,
-            betas=(self.cfg.adam_beta1, self.cfg.adam_beta2),
-            eps=self.cfg.adam_epsilon,
-            weight_decay=self.cfg.weight_decay,
-        )
+        optimizer = build_optimizer(params, self.cfg, self.acc.device)
         self.accumulation = self.cfg.accumulation_steps(self.acc.num_processes)
         self.global_batch = self.cfg.batch_size * self.acc.num_processes * self.accumulation
         self.sharded = is_sharded(self.acc)
@@ -159,6 +156,8 @@ class Trainer:
                 f"training needs {self.accumulation}; set it to auto in the DeepSpeed config"
             )
         self.acc.step = self.micro_step  # accelerate's window counter: a resume sets both (maybe_resume)
+        if self.cfg.compile:  # in place: the module (and any DDP wrapper around it) keeps its type
+            self.acc.unwrap_model(self.unet).compile()
         self.ema = self._make_ema()
         self.device = self.acc.device
         self.prompts.to(self.device)
