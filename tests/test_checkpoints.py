@@ -37,12 +37,13 @@ def pipe(tiny_pipeline_dir: Path):
     return load_pipeline(tiny_pipeline_dir)
 
 
-def _trainer(pipe, out_dir: Path, cfg: TrainingConfig = CFG) -> Trainer:
+def _trainer(pipe, out_dir: Path, cfg: TrainingConfig = CFG, unet=None, reference=None) -> Trainer:
     from accelerate import Accelerator
 
-    unet = frozen_copy(pipe.unet)
-    unet.requires_grad_(True)
     sched = training_scheduler(pipe)
+    if unet is None:
+        unet = frozen_copy(pipe.unet)
+        unet.requires_grad_(True)
     return Trainer(
         method="spin",
         cfg=cfg,
@@ -51,7 +52,7 @@ def _trainer(pipe, out_dir: Path, cfg: TrainingConfig = CFG) -> Trainer:
         noise_scheduler=sched,
         prompts=prompt_encoder(pipe),
         data=SyntheticPairs(CAPTIONS),
-        reference=ModuleReference(frozen_copy(pipe.unet), sched),
+        reference=reference or ModuleReference(frozen_copy(pipe.unet), sched),
         out_dir=out_dir,
         seed=5,
         show_progress=False,
@@ -200,28 +201,15 @@ def test_another_save_failure_is_not_called_a_full_disk_and_leaves_no_temporary(
 
 def _lora_trainer(pipe, out_dir: Path, max_steps: int) -> Trainer:
     import torch
-    from accelerate import Accelerator
 
     from spin_diffusion.models import LoraSettings, add_lora
 
     unet = frozen_copy(pipe.unet)
     torch.manual_seed(3)  # the adapter's initial A: the same in every run of this test
     add_lora(unet, LoraSettings(rank=2, alpha=2.0))
-    sched = training_scheduler(pipe)
     cfg = CFG.model_copy(update={"max_steps": max_steps, "use_ema": True, "ema_decay": 0.9})
-    return Trainer(
-        method="spin",
-        cfg=cfg,
-        accelerator=Accelerator(cpu=True),
-        unet=unet,
-        noise_scheduler=sched,
-        prompts=prompt_encoder(pipe),
-        data=SyntheticPairs(CAPTIONS),
-        reference=ModuleReference(unet, sched, disable_adapters=True),
-        out_dir=out_dir,
-        seed=5,
-        show_progress=False,
-    )
+    reference = ModuleReference(unet, training_scheduler(pipe), disable_adapters=True)
+    return _trainer(pipe, out_dir, cfg, unet=unet, reference=reference)
 
 
 def test_a_lora_checkpoint_holds_only_the_adapter_and_resumes_exactly(pipe, tmp_path: Path) -> None:

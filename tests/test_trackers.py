@@ -13,36 +13,22 @@ import yaml
 from PIL import Image
 
 from spin_diffusion.cli import main
+from tiny_runs import colour_squares, tiny_spin_config
 
 
 @pytest.fixture(scope="module")
 def imagefolder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("imagefolder")
-    rows = []
-    for i, colour in enumerate([(220, 30, 30), (30, 30, 220), (30, 200, 30), (220, 30, 30)]):
-        img = np.full((16, 16, 3), 255, np.uint8)
-        img[4:12, 4:12] = colour
-        Image.fromarray(img).save(root / f"{i}.png")
-        name = ["red", "blue", "green", "red"][i]
-        rows.append(json.dumps({"file_name": f"{i}.png", "text": f"a {name} square"}))
-    (root / "metadata.jsonl").write_text("\n".join(rows) + "\n")
-    return root
+    return colour_squares(tmp_path_factory.mktemp("imagefolder"), ["red", "blue", "green", "red"])
 
 
 def _config(tmp_path: Path, pipeline: Path, data: Path, **training) -> Path:
-    cfg = {
-        "name": "run",
-        "output_dir": str(tmp_path / "runs"),
-        "method": "spin",
-        "model": {"pretrained": str(pipeline)},
-        "data": {"source": "imagefolder", "path": str(data), "resolution": 16},
-        "sampling": {"num_inference_steps": 2, "guidance_scale": 2.0, "batch_size": 4, "shard_size": 4},
-        "training": {"max_steps": 2, "batch_size": 2, "checkpointing_steps": 10, **training},
-        "iterations": [{"beta": 2000}, {"beta": 5000, "max_steps": 1}],
-    }
-    path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return tiny_spin_config(
+        tmp_path,
+        pipeline,
+        data,
+        training={"max_steps": 2, "batch_size": 2, "checkpointing_steps": 10, **training},
+        iterations=[{"beta": 2000}, {"beta": 5000, "max_steps": 1}],
+    )
 
 
 def _events(run: Path):
