@@ -21,8 +21,14 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _cli(*args: str, stdout=None) -> None:
-    subprocess.run([sys.executable, "-m", "spin_diffusion.cli", *args], check=True, stdout=stdout)
+def _cli(*args: str, stdout=subprocess.DEVNULL) -> None:
+    """Run a project command; its own output is not part of this benchmark's table."""
+    subprocess.run(
+        [sys.executable, "-m", "spin_diffusion.cli", *args],
+        check=True,
+        stdout=stdout,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 def run(work: Path, examples: int, steps: int, eval_prompts: int) -> dict:

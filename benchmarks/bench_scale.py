@@ -7,7 +7,7 @@ Then, in a fresh process per size, opens both as SPIN training does and draws
 training micro-batches through the real ``SelfPlayData`` / ``make_batch`` path.
 Nothing touches a model: this measures what grows with the number of prompts.
 
-    .venv/bin/python benchmarks/bench_scale.py [--sizes 1000 10000 100000] [--work DIR] [--json OUT]
+    .venv/bin/python benchmarks/bench_scale.py [--sizes 300 3000 30000] [--work DIR] [--json OUT]
 
 Disk: about 64 KiB per prompt (real + generated latent). Memory is the peak
 resident set of the measuring process, so it includes torch itself.
@@ -29,6 +29,7 @@ from pathlib import Path
 
 LATENT_SHAPE = (4, 64, 64)  # SD-1.5 at 512 px
 SHARD = 1024
+SIZE_COND = (512, 512, 0, 0, 512, 512)  # each image seen whole at 512 px
 
 
 def _caption(i: int) -> str:
@@ -63,7 +64,7 @@ def build(root: Path, n: int) -> None:
         ids = [f"ex-{i:07d}" for i in range(start, min(n, start + SHARD))]
         block = torch.randn(len(ids), *LATENT_SHAPE, generator=gen)
         for j, ex_id in enumerate(ids):
-            writer.add(ex_id, _caption(start + j), {"latents": block[j]})
+            writer.add(ex_id, _caption(start + j), {"latents": block[j]}, {"latents": SIZE_COND})
         name = f"shard-{len(shards):05d}.safetensors"
         gen_lat = torch.randn(len(ids), 1, *LATENT_SHAPE, generator=gen).to(torch.float16)
         with atomic_file(samples_dir / name) as tmp:
@@ -194,7 +195,7 @@ def render(rows: list[dict[str, float]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 10000, 100000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[300, 3000, 30000])
     parser.add_argument("--work", type=Path, default=Path("/tmp/spin-bench-scale"))
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--batch", type=int, default=8)

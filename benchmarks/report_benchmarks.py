@@ -186,7 +186,8 @@ def render_page(
             "project's own cache and sample writers, opened in a fresh process per size as SPIN training opens "
             "it, then micro-batches drawn through the real `SelfPlayData` / `make_batch` path over three "
             f"epochs. The largest size here is {large['n']:,} prompts ({large['n'] * 64 / 2**20:.1f} GiB of real and "
-            "generated latents, what the disk allows); the per-prompt figure extrapolates to Pick-a-Pic's ~10^6.",
+            "generated latents; kept at that so `make bench` fits its time budget, `bench_scale.py --sizes` takes "
+            "larger counts); the exact per-prompt figure extrapolates to Pick-a-Pic's ~10^6.",
             "",
             tables["scale"],
             "",
