@@ -54,6 +54,21 @@ class SpinSettings(_Strict):
     lora_rank: int | None = Field(None, ge=1, description="LoRA of this rank instead of full fine-tuning")
 
 
+class SpinExactSettings(_Strict):
+    """The exact objective (eq. 4.8) on the same data: fewer iterations, as a step costs ~16-25x more."""
+
+    iterations: list[SpinIteration] = Field(
+        default_factory=lambda: [
+            SpinIteration(beta=200.0, learning_rate=1e-5, max_steps=120),
+            SpinIteration(beta=500.0, learning_rate=1e-5, max_steps=120),
+        ],
+        min_length=1,
+        description="SPIN's first iterations (the approximate objective's chosen settings, not re-tuned)",
+    )
+    trajectory_grad_steps: int | None = Field(8, ge=1, description="unbiased subset of the 20 solver steps")
+    trajectory_chunk_size: int = Field(32, ge=1)
+
+
 class SftSettings(_Strict):
     learning_rate: float = Field(3e-4, gt=0, description="the best of 1e-4, 3e-4, 1e-3 on the tuning seed")
     max_steps: int = Field(600, ge=1)
@@ -100,10 +115,19 @@ def family_defaults() -> dict[str, FamilyRun]:
 
 FAMILY = ("dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo")
 Method = Literal[
-    "sft", "dpo", "spin", "spin-continued", "dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo"
+    "sft",
+    "dpo",
+    "spin",
+    "spin-continued",
+    "spin-exact",
+    "dmpo",
+    "see-dpo",
+    "adaptive-dpo",
+    "kto",
+    "inversion-dpo",
 ]
 REPRODUCTION_METHODS: list[str] = ["sft", "dpo", "spin", "spin-continued"]
-ALL_METHODS: list[str] = [*REPRODUCTION_METHODS, *FAMILY]
+ALL_METHODS: list[str] = [*REPRODUCTION_METHODS, "spin-exact", *FAMILY]
 
 
 class ReproduceConfig(_Strict):
@@ -120,6 +144,7 @@ class ReproduceConfig(_Strict):
     batch_size: int = Field(16, ge=1, description="examples (pairs for DPO/SPIN) per optimizer step")
     warmup_steps: int = Field(5, ge=0)
     spin: SpinSettings = Field(default_factory=SpinSettings)
+    spin_exact: SpinExactSettings = Field(default_factory=SpinExactSettings)
     sft: SftSettings = Field(default_factory=SftSettings)
     dpo: DpoSettings = Field(default_factory=DpoSettings)
     family: dict[str, FamilyRun] = Field(default_factory=family_defaults)
@@ -187,6 +212,15 @@ def run_configs(cfg: ReproduceConfig, seed: int, seed_dir: Path) -> dict[str, di
         c["iterations"] = [first]
         _lora(c, cfg)
         runs["spin-continued"] = c
+    if "spin-exact" in cfg.methods:
+        c = _common(cfg, seed, seed_dir, "spin-exact", "spin-exact", curated)
+        c["iterations"] = [it.model_dump() for it in cfg.spin_exact.iterations]
+        c["training"].update(
+            trajectory_grad_steps=cfg.spin_exact.trajectory_grad_steps,
+            trajectory_chunk_size=cfg.spin_exact.trajectory_chunk_size,
+        )
+        _lora(c, cfg)
+        runs["spin-exact"] = c
     if "sft" in cfg.methods:
         c = _common(cfg, seed, seed_dir, "sft", "sft", curated)
         c["training"].update(learning_rate=cfg.sft.learning_rate, save_model_every=cfg.sft.eval_every)
@@ -260,6 +294,12 @@ def models_of(cfg: ReproduceConfig, seed_dir: Path) -> dict[str, dict[str, Any]]
     if "spin" in cfg.methods:
         for k in range(1, len(cfg.spin.iterations) + 1):
             models[f"spin-{k}"] = {"path": base, "trained": str(seed_dir / f"spin/iter-{k}/model")}
+    if "spin-exact" in cfg.methods:
+        for k in range(1, len(cfg.spin_exact.iterations) + 1):
+            models[f"spin-exact-{k}"] = {
+                "path": base,
+                "trained": str(seed_dir / f"spin-exact/iter-{k}/model"),
+            }
     if "spin-continued" in cfg.methods and len(cfg.spin.iterations) >= 2:
         models["spin-1-continued"] = {"path": base, "trained": str(seed_dir / "spin-continued/iter-1/model")}
     return models
@@ -280,6 +320,9 @@ def examples_seen(cfg: ReproduceConfig, name: str) -> int:
         return cfg.dpo.max_steps * cfg.batch_size
     if name in FAMILY:
         return cfg.family[name].max_steps * cfg.batch_size
+    if name.startswith("spin-exact-"):
+        k = int(name.rsplit("-", 1)[1])
+        return sum(it.max_steps for it in cfg.spin_exact.iterations[:k]) * cfg.batch_size
     its = cfg.spin.iterations
     if name == "spin-1-continued":
         return (its[0].max_steps + its[1].max_steps) * cfg.batch_size
@@ -516,6 +559,9 @@ def plot_curves(cfg: ReproduceConfig, summaries: dict[int, dict[str, Any]], path
         "SPIN": ["base"] + sorted(n for n in first if n.startswith("spin-") and n[5:].isdigit()),
         "DPO": ["base", "dpo"] if "dpo" in first else [],
         "SPIN-1 continued": ["spin-1", "spin-1-continued"] if "spin-1-continued" in first else [],
+        "SPIN exact": ["base"] + sorted(exact)
+        if (exact := [n for n in first if n.startswith("spin-exact-")])
+        else [],
         **{name: ["base", name] for name in FAMILY if name in first},
     }
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.6))
@@ -575,7 +621,7 @@ def _check_compatible(previous: ReproduceConfig, current: ReproduceConfig, out: 
     """Seeds and methods may be added; anything that changes what a finished run means may not."""
     from spin_diffusion.errors import ConfigError
 
-    fixed = ("pairs", "guidance_scale", "sample_steps", "batch_size", "warmup_steps", "spin", "sft", "dpo",
+    fixed = ("pairs", "guidance_scale", "sample_steps", "batch_size", "warmup_steps", "spin", "spin_exact", "sft", "dpo",
              "family", "eval_prompts", "images_per_prompt", "eval_seed")  # fmt: skip
     changed = [k for k in fixed if getattr(previous, k) != getattr(current, k)]
     if changed:
