@@ -156,6 +156,9 @@ def main() -> None:
     parser.add_argument("--sample-prompts", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--json", type=Path)
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--cache-was-warm", dest="warm", action="store_const", const=True)
+    cache.add_argument("--cache-was-cold", dest="warm", action="store_const", const=False)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -164,7 +167,9 @@ def main() -> None:
     rows = training_levers(pipe, args.batch, args.repeats)
     sampling = sampling_compile(pipe, args.sample_prompts, max(1, args.repeats // 2))
     if args.json:
-        args.json.write_text(json.dumps({"training": rows, "sampling": sampling}, indent=2))
+        args.json.write_text(
+            json.dumps({"training": rows, "sampling": sampling, "cache_warm": args.warm}, indent=2)
+        )
     print(render(rows, sampling))
 
 

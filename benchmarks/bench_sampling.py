@@ -35,11 +35,18 @@ from spin_diffusion.toy.oracle import judge
 GUIDANCE = SamplingConfig().guidance_scale  # what opponent sampling uses by default
 
 
+def _scores(images: list[Image.Image], prompts: list[str]) -> list[float]:
+    return [judge(im, p)["fidelity"] for im, p in zip(images, prompts, strict=True)]
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    se = statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+    return statistics.fmean(values), se
+
+
 def _fidelity(images: list[Image.Image], prompts: list[str]) -> tuple[float, float]:
     """Mean oracle fidelity and its standard error over images."""
-    scores = [judge(im, p)["fidelity"] for im, p in zip(images, prompts, strict=True)]
-    se = statistics.stdev(scores) / len(scores) ** 0.5 if len(scores) > 1 else float("nan")
-    return statistics.fmean(scores), se
+    return _mean_se(_scores(images, prompts))
 
 
 def naive(pipe, prompts: list[str], seeds: list[int], work: Path) -> tuple[float, list[Image.Image]]:
@@ -79,8 +86,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model")
     parser.add_argument("--prompts", type=int, default=96)
-    parser.add_argument("--naive-prompts", type=int, default=48, help="the naive loop is slow: a subset")
-    parser.add_argument("--steps", type=int, nargs="+", default=[5, 8, 10, 15, 20, 30])
+    parser.add_argument("--naive-prompts", type=int, default=40, help="the naive loop is slow: a subset")
+    parser.add_argument("--steps", type=int, nargs="+", default=[5, 10, 15, 20, 30])
     parser.add_argument("--default-steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
@@ -97,7 +104,8 @@ def main() -> None:
 
     rows = []
     naive_s, naive_images = naive(pipe, prompts[:m], seeds[:m], args.work)
-    fid, se = _fidelity(naive_images, prompts[:m])
+    naive_scores = _scores(naive_images, prompts[:m])
+    fid, se = _mean_se(naive_scores)
     rows.append({"setting": "naive: DDIM 50, batch 1, PNG + re-encode", "images": m, "steps": 50,
                  "img_per_s": m / naive_s, "fidelity": fid, "se": se})  # fmt: skip
     ours(pipe, prompts[: args.batch], seeds[: args.batch], 5, args.batch)  # warm-up
@@ -108,7 +116,9 @@ def main() -> None:
                      "steps": steps, "img_per_s": len(prompts) / seconds, "fidelity": fid, "se": se})  # fmt: skip
         if steps == args.default_steps:
             _, same = ours(pipe, prompts[:m], seeds[:m], steps, args.batch)
-            rows[-1]["fidelity_on_naive_subset"] = _fidelity(same, prompts[:m])[0]
+            paired = [a - b for a, b in zip(_scores(same, prompts[:m]), naive_scores, strict=True)]
+            rows[-1]["fidelity_on_naive_subset"] = statistics.fmean(_scores(same, prompts[:m]))
+            rows[-1]["paired_difference"], rows[-1]["paired_se"] = _mean_se(paired)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     print(render(rows, args.default_steps))
@@ -127,7 +137,8 @@ def render(rows: list[dict], default_steps: int) -> str:
             "",
             f"Default ({default['setting']}) against naive: {default['img_per_s'] / base['img_per_s']:.1f}x images "
             f"per second; fidelity {default['fidelity_on_naive_subset']:.3f} vs {base['fidelity']:.3f} "
-            f"on the same {base['images']} prompts and seeds.",
+            f"on the same {base['images']} prompts and seeds (paired difference "
+            f"{default['paired_difference']:+.3f} ± {default['paired_se']:.3f}).",
         ]
     return "\n".join(lines)
 

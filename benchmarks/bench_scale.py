@@ -21,6 +21,7 @@ import ctypes
 import gc
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -43,11 +44,13 @@ def build(root: Path, n: int) -> None:
     from safetensors.torch import save_file
 
     from spin_diffusion.atomic import atomic_file, write_json_atomic
-    from spin_diffusion.data.latents import MANIFEST, _ShardWriter
+    from spin_diffusion.data.latents import FORMAT_VERSION, MANIFEST, _ShardWriter
 
     done = root / "built.json"
-    if done.is_file():
+    record = {"n": n, "cache_format": FORMAT_VERSION}
+    if done.is_file() and json.loads(done.read_text()) == record:
         return
+    shutil.rmtree(root, ignore_errors=True)  # made by another version of the cache writer
     cache_dir, samples_dir = root / "latents", root / "samples"
     cache_dir.mkdir(parents=True, exist_ok=True)
     samples_dir.mkdir(parents=True, exist_ok=True)
@@ -75,7 +78,7 @@ def build(root: Path, n: int) -> None:
     write_json_atomic(cache_dir / MANIFEST, manifest, sort_keys=True)
     samples_manifest = {"identity": {}, "num_prompts": n, "samples_per_prompt": 1, "shards": shards}
     write_json_atomic(samples_dir / MANIFEST, samples_manifest)
-    write_json_atomic(done, {"n": n})
+    write_json_atomic(done, record)
 
 
 def _status_mib(field: str) -> float:

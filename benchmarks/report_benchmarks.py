@@ -143,12 +143,20 @@ def render_page(
         if default is not None:
             lines += [
                 f"At the default step count, sampling runs {default['img_per_s'] / naive['img_per_s']:.1f}x the "
-                f"naive loop's images per second with fidelity {default['fidelity_on_naive_subset']:.3f} against "
-                f"{naive['fidelity']:.3f} on the same prompts and seeds (standard error about "
-                f"{naive['se']:.3f}, so the two agree within noise unless they differ by more). The steps curve "
-                "shows where fidelity stops rising: the default should sit at the knee. On a GPU the batching "
-                "part of the gain grows (a batch of 1 leaves most of the device idle) and the step-count part "
-                "is the same ratio.",
+                f"naive loop's images per second. On the naive loop's {naive['images']} prompts and seeds its "
+                f"fidelity is {default['fidelity_on_naive_subset']:.3f} against the naive loop's "
+                f"{naive['fidelity']:.3f}: a paired difference of {default['paired_difference']:+.3f} ± "
+                f"{default['paired_se']:.3f} (s.e.), "
+                + (
+                    "within two standard errors of zero."
+                    if abs(default["paired_difference"]) <= 2 * default["paired_se"]
+                    else "more than two standard errors from zero: the speed-up is not at equal quality."
+                )
+                + f" Across step counts, fidelity ranges {min(r['fidelity'] for r in rs[1:]):.3f}-"
+                f"{max(r['fidelity'] for r in rs[1:]):.3f} (s.e. about {rs[1]['se']:.3f} each), images per "
+                f"second {min(r['img_per_s'] for r in rs[1:]):.1f}-{max(r['img_per_s'] for r in rs[1:]):.1f}. "
+                "On a GPU the batching part of the gain grows (a batch of 1 leaves most of the device idle) and "
+                "the step-count part is the same ratio.",
                 "",
             ]
         if "sampling" in figures:
@@ -205,7 +213,13 @@ def render_page(
             "## Throughput levers",
             "",
             "Each lever alone against the eager baseline (SPIN step with a live reference, full fine-tuning), "
-            "interleaved, medians; *first step* includes set-up and, for `torch.compile`, compiling.",
+            "interleaved, medians; *first step* includes set-up and, for `torch.compile`, compiling"
+            + {
+                True: " (inductor's cache directory was not empty at the start, so part of the compile may "
+                "have been reused; an empty cache can only take longer).",
+                False: " (inductor's cache was empty: this is the full one-off compile).",
+                None: ".",
+            }[results["levers"].get("cache_warm")],  # fmt: skip
             "",
             tables["levers"],
             "",

@@ -26,10 +26,14 @@ REPO = HERE.parent
 
 #: name -> (script, arguments for the full run, arguments for --quick)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
-    "training_cost": ("bench_training_cost.py", [], ["--batches", "4", "--repeats", "1"]),
+    "training_cost": ("bench_training_cost.py", ["--repeats", "5"], ["--batches", "4", "--repeats", "1"]),
     "sampling": ("bench_sampling.py", [], ["--prompts", "16", "--naive-prompts", "4", "--steps", "5", "20"]),
     "memory": ("bench_memory.py", [], ["--batch", "4", "--steps", "1"]),
-    "iteration": ("bench_iteration.py", [], ["--examples", "48", "--steps", "4", "--eval-prompts", "8"]),
+    "iteration": (
+        "bench_iteration.py",
+        ["--examples", "320", "--steps", "40", "--eval-prompts", "32"],
+        ["--examples", "48", "--steps", "4", "--eval-prompts", "8"],
+    ),
     "scale": ("bench_scale.py", [], ["--sizes", "100", "1000", "3000", "--batches", "5"]),
     "levers": ("bench_levers.py", [], ["--batch", "4", "--repeats", "1", "--sample-prompts", "4"]),
 }
@@ -62,10 +66,13 @@ def machine() -> dict[str, str]:
 def run_one(name: str, quick: bool, out_dir: Path) -> tuple[dict | list, str, float]:
     script, full, small = BENCHMARKS[name]
     json_path = out_dir / f"{name}.json"
-    cmd = [sys.executable, str(HERE / script), *(small if quick else full), "--json", str(json_path)]
+    args = list(small if quick else full)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if name == "levers":  # a fresh compile cache: the one-off compile time is part of what is measured
-        env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="spin-bench-inductor-")
+    if name == "levers":  # the page says whether compiling started from a warm cache
+        cache = Path(env.get("TORCHINDUCTOR_CACHE_DIR") or tempfile.mkdtemp(prefix="spin-bench-inductor-"))
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(cache)
+        args.append("--cache-was-warm" if cache.is_dir() and any(cache.iterdir()) else "--cache-was-cold")
+    cmd = [sys.executable, str(HERE / script), *args, "--json", str(json_path)]
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=REPO)
     if proc.returncode != 0:
