@@ -64,3 +64,18 @@ def test_a_family_method_without_settings_is_refused(tmp_path: Path, capsys) -> 
     config.write_text(yaml.safe_dump({"methods": ["kto"], "family": {}}))
     assert main(["toy", "compare", "--out", str(tmp_path / "s"), "--config", str(config)]) == 2
     assert "family has no settings for kto" in capsys.readouterr().err
+
+
+def test_spin_exact_is_a_compare_method_with_its_own_iterations(tmp_path: Path) -> None:
+    from spin_diffusion.config import validate_config
+    from spin_diffusion.toy.reproduce import ALL_METHODS, models_of, run_configs
+
+    assert "spin-exact" in ALL_METHODS
+    cfg = ReproduceConfig(methods=["spin", "spin-exact"], batch_size=4)
+    runs = run_configs(cfg, 1, tmp_path / "seed-1")
+    exact = validate_config(runs["spin-exact"])
+    assert exact.method == "spin-exact" and len(exact.iterations) == 2
+    assert exact.training.trajectory_grad_steps == 8 and exact.sampling.latents == "raw"
+    names = [n for n in models_of(cfg, tmp_path / "seed-1") if n.startswith("spin-exact-")]
+    assert names == ["spin-exact-1", "spin-exact-2"]
+    assert examples_seen(cfg, "spin-exact-2") == 240 * 4 and examples_seen(cfg, "spin-2") == 240 * 4
