@@ -360,7 +360,7 @@ def test_a_launch_asking_for_fsdp_that_accelerate_did_not_set_up_is_warned_about
     with caplog.at_level("INFO", logger="spin_diffusion.training"):
         trainer.train()
     assert "FSDP was asked for, but accelerate runs this as NO" in caplog.text
-    assert "accumulation steps (NO)" in caplog.text
+    assert "accumulation steps (single process)" in caplog.text
 
 
 def test_optimizer_switches(pipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

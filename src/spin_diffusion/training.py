@@ -393,7 +393,7 @@ class Trainer:
                 self.cfg.batch_size,
                 self.acc.num_processes,
                 self.accumulation,
-                self.acc.distributed_type.value,
+                _parallelism(self.acc),
             )
             if (asked := sharding_ignored(self.acc)) is not None:
                 log.warning(
@@ -469,6 +469,12 @@ class Trainer:
         fp = fingerprint_module(self.final_unet)  # sharded runs: of the gathered model
         as_int = torch.tensor([int(fp, 16) & ((1 << 62) - 1)], dtype=torch.long, device=self.device)
         return [format(int(v), "x") for v in self.acc.gather(as_int).tolist()]
+
+
+def _parallelism(accelerator: Accelerator) -> str:
+    """How accelerate runs the processes, in words ("NO" is its name for a single process)."""
+    kind = accelerator.distributed_type.value
+    return "single process" if kind == "NO" else f"distributed: {kind}"
 
 
 def write_summary(out_dir: Path, result: TrainResult, extra: dict[str, Any] | None = None) -> None:
