@@ -50,6 +50,12 @@ def test_compare_trains_every_family_method_on_the_study_pairs(tmp_path: Path, c
         saved = yaml.safe_load((out / "seed-0" / name / "config.yaml").read_text())
         assert saved["method"] == name and saved["data"]["source"] == "pickapic"
         assert saved["data"]["path"] == str(out / "seed-0" / "data" / "preferences.parquet")
+    # every ordered pair's win rate is kept, and a pair's two rates add up to one (ties count half)
+    assert abs(seed["models"]["dpo"]["wins"]["kto"] + seed["models"]["kto"]["wins"]["dpo"] - 1.0) < 1e-9
+    assert "## Win rates between methods" in report
+    matrix = report.split("## Win rates between methods")[1]
+    matrix_row = next(line for line in matrix.splitlines() if line.startswith("| kto | "))
+    assert len(matrix_row.split("|")) == len(["base", "dpo", *FAMILY]) + 3
     dmpo = yaml.safe_load((out / "seed-0" / "dmpo" / "config.yaml").read_text())
     assert dmpo["training"]["beta"] == 1000 and dmpo["training"]["dmpo"]["alpha"] == 0.01
 
@@ -79,3 +85,27 @@ def test_spin_exact_is_a_compare_method_with_its_own_iterations(tmp_path: Path) 
     names = [n for n in models_of(cfg, tmp_path / "seed-1") if n.startswith("spin-exact-")]
     assert names == ["spin-exact-1", "spin-exact-2"]
     assert examples_seen(cfg, "spin-exact-2") == 240 * 4 and examples_seen(cfg, "spin-2") == 240 * 4
+
+
+def test_win_matrix_maps_sft_best_per_seed_and_averages_over_seeds(tmp_path: Path) -> None:
+    from spin_diffusion.toy.compare_report import pairwise_win, plot_comparison, win_matrix_lines
+
+    def seed(best: str, win: float) -> dict:
+        row = {"toy_fidelity": 0.3, "toy_style": 0.5, "win_vs_base": win, "examples": 16}
+        models = {
+            "base": {**row, "wins": {best: 1 - win, "dpo": 0.5}},
+            best: {**row, "wins": {"base": win, "dpo": 0.25}},
+            "dpo": {**row, "wins": {"base": 0.5, best: 0.75}},
+        }
+        return {"sft_best": best, "models": models}
+
+    summaries = {1: seed("sft-150", 0.6), 2: seed("sft-300", 0.8)}
+    mean, sd, n = pairwise_win(summaries, "sft-best", "base")
+    assert n == 2 and abs(mean - 0.7) < 1e-12 and abs(sd - (0.02**0.5)) < 1e-12
+    assert pairwise_win(summaries, "dpo", "kto")[2] == 0
+    cfg = ReproduceConfig(methods=["sft", "dpo"])
+    lines = win_matrix_lines(cfg, summaries)
+    assert "| sft-best | 70% | - | 25% |" in lines
+    assert "| base | - | 30% | 50% |" in lines
+    plot_comparison(cfg, summaries, tmp_path / "compare.png")
+    assert (tmp_path / "compare.png").stat().st_size > 1000

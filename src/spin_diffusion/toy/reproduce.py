@@ -402,6 +402,7 @@ def summarize_seed(cfg: ReproduceConfig, seed_dir: Path, evaluation: dict[str, A
         entry["diversity"] = sets.get(name, {}).get("diversity_attr")
         entry["best_of_n_fidelity"] = bon[name]["toy_fidelity"]
         entry["examples"] = examples_seen(cfg, name)
+        entry["wins"] = {other: rates["average"] for other, rates in wins.get(name, {}).items()}
         for other in ("base", sft_best, "dpo"):
             if other is not None and other in wins.get(name, {}):
                 key = "sft_best" if other == sft_best else other
@@ -431,6 +432,11 @@ def across_seeds(summaries: dict[int, dict[str, Any]], name: str, key: str) -> t
         v = s["models"].get(model, {}).get(key) if model else None
         if v is not None:
             vals.append(float(v))
+    return mean_sd(vals)
+
+
+def mean_sd(vals: list[float]) -> tuple[float, float, int]:
+    """Mean, sample standard deviation and count (nan, nan, 0 for none; sd 0 for one value)."""
     if not vals:
         return float("nan"), float("nan"), 0
     mean = sum(vals) / len(vals)
@@ -610,10 +616,16 @@ def reproduce(
     write_text_atomic(prompts_file, "\n".join(eval_prompts(cfg.eval_prompts, seed=0)) + "\n")
     summaries = {seed: run_seed(cfg, seed, out, prompts_file, show_progress) for seed in cfg.seeds}
     text = render_report(cfg, summaries, command, title)
+    plot = "curves.png" if report == "results" else f"{report}.png"
+    if report == "results":
+        plot_curves(cfg, summaries, out / "plots" / plot)
+    else:  # a dozen methods at one data budget: where each lands, and who beats whom
+        from spin_diffusion.toy.compare_report import plot_comparison, win_matrix_lines
+
+        text = text.rstrip("\n") + "\n\n" + "\n".join(win_matrix_lines(cfg, summaries)) + "\n"
+        plot_comparison(cfg, summaries, out / "plots" / plot)
     write_text_atomic(out / f"{report}.md", text)
     write_json_atomic(out / f"{report}.json", {"settings": cfg.model_dump(mode="json"), "seeds": summaries})
-    plot = "curves.png" if report == "results" else f"{report}.png"
-    plot_curves(cfg, summaries, out / "plots" / plot)
     return {"report": text, "seeds": summaries, "plot": out / "plots" / plot}
 
 
