@@ -159,3 +159,46 @@ def test_inverted_errors_on_a_tiny_unet(tiny_pipeline_dir) -> None:
     e2 = inverted_errors(cfg, changed, sched, ref, batch, emb)
     assert (e1.m_a > 0).all() and (e1.r_a == 0).all()
     assert torch.equal(e1.m_a, e2.m_a) and torch.equal(e1.m_b, e2.m_b)
+
+
+def test_kto_takes_a_given_batch_mean_as_its_reference_point() -> None:
+    model = torch.tensor([0.10, 0.20])
+    ref = torch.tensor([0.12, 0.18])  # g = [0.02, -0.02]: its own mean is 0
+    got = kto_loss(model, ref, torch.tensor([1, 0]), beta=10.0, batch_mean=torch.tensor(0.01))
+    assert got.tolist() == pytest.approx([1 - sig(0.1), 1 - sig(0.3)], rel=1e-5)
+
+
+def _kto_on_rank(rank: int, init_file: str, results: dict) -> None:
+    from spin_diffusion.config import TrainingConfig
+    from spin_diffusion.losses import PairErrors, _kto
+
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        # rank 0 sees pairs whose model beats the reference, rank 1 pairs where it does not
+        m = torch.tensor([[0.10, 0.20], [0.30, 0.10, 0.20]][rank])
+        r = torch.tensor([[0.14, 0.26], [0.30, 0.11, 0.20]][rank])
+        e = PairErrors(m, r, m + 0.05, r + 0.01)
+        results[rank] = _kto(e, TrainingConfig(beta=10.0)).tolist()
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_kto_reference_point_is_the_mean_over_every_process(tmp_path) -> None:
+    """Two gloo processes with different batches: each uses the global batch's mean reward."""
+    import torch.multiprocessing as mp
+
+    from spin_diffusion.config import TrainingConfig
+    from spin_diffusion.losses import PairErrors, _kto
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_kto_on_rank, args=(str(tmp_path / "init"), results), nprocs=2, join=True)
+        results = dict(results)
+    # one process holding both batches (same pairs; the per-pair losses do not depend on the split)
+    m = torch.tensor([0.10, 0.20, 0.30, 0.10, 0.20])
+    r = torch.tensor([0.14, 0.26, 0.30, 0.11, 0.20])
+    whole = _kto(PairErrors(m, r, m + 0.05, r + 0.01), TrainingConfig(beta=10.0)).tolist()
+    assert results[0] + results[1] == pytest.approx(whole, rel=1e-6)
+    alone = _kto(PairErrors(m[:2], r[:2], m[:2] + 0.05, r[:2] + 0.01), TrainingConfig(beta=10.0)).tolist()
+    assert results[0] != pytest.approx(alone, rel=1e-3)  # a per-process mean would have given this

@@ -1,4 +1,5 @@
-"""What the loop needs to know about sharded training (FSDP, DeepSpeed) and LoRA checkpoints.
+"""What the loop needs to know about several processes: sharded training (FSDP, DeepSpeed), LoRA
+checkpoints, and statistics taken over the global batch.
 
 Under FSDP or DeepSpeed a process's module holds only part of the weights, so
 the trained model is gathered with ``get_state_dict`` rather than read from
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from spin_diffusion.errors import CheckpointError
 
 if TYPE_CHECKING:
+    import torch
     from accelerate import Accelerator
 
     from spin_diffusion.config import TrainingConfig
@@ -83,6 +85,24 @@ def gathered_copy(acc: Accelerator, model: Any) -> Any:
             torch.distributed.broadcast(tensor, src=0)
     plain.requires_grad_(False)
     return plain.eval()
+
+
+def mean_over_processes(values: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` over every process's copy (collective when distributed; sizes may differ).
+
+    For statistics an objective takes over the whole global batch (Diffusion-KTO's
+    reference point) rather than over one process's share of it. Without a
+    process group this is ``values.mean()``.
+    """
+    import torch
+
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values.mean()
+    total = torch.stack([values.detach().sum(), torch.tensor(float(values.numel()), device=values.device)])
+    total = total.to(torch.float64)
+    dist.all_reduce(total)
+    return (total[0] / total[1]).to(values.dtype)
 
 
 def _trainable_state(module: Any) -> dict[str, Any]:

@@ -156,10 +156,20 @@ def _kto(e: PairErrors, cfg: TrainingConfig) -> torch.Tensor:
     """The pair's winner is a desirable image and its loser an undesirable one (labelled singles)."""
     import torch
 
+    from spin_diffusion.distributed import mean_over_processes
+
     model_err, ref_err = torch.cat([e.m_a, e.m_b]), torch.cat([e.r_a, e.r_b])
     desirable = torch.cat([torch.ones_like(e.m_a), torch.zeros_like(e.m_b)])
+    # the reference point is the whole global batch's mean reward, as the official code takes it
+    batch_mean = mean_over_processes((ref_err - model_err).detach().float())
     per_image = kto_loss(
-        model_err, ref_err, desirable, cfg.beta, cfg.kto.lambda_desirable, cfg.kto.lambda_undesirable
+        model_err,
+        ref_err,
+        desirable,
+        cfg.beta,
+        cfg.kto.lambda_desirable,
+        cfg.kto.lambda_undesirable,
+        batch_mean,
     )
     return per_image.view(2, -1).mean(dim=0)  # one value per pair, like the other rows
 

@@ -127,6 +127,7 @@ def kto_loss(
     beta: float,
     lambda_desirable: float = 1.0,
     lambda_undesirable: float = 1.0,
+    batch_mean: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Diffusion-KTO (Li, Kallidromitis, Gokul, Kato, Kozuka, NeurIPS 2024) on per-image labels.
 
@@ -139,11 +140,13 @@ def kto_loss(
     Source: the official code (jacklishufan/diffusion-kto, ``--loss kto --halo
     sigmoid``; the reference point step is commented "eq 8" there); defaults
     ``beta_dpo = 1000``, ``lambda_d = lambda_u = 1``. That code uses beta without
-    a 1/2, so its 1000 is 1000 here. The official code averages z over all
-    processes; here it is the batch on this process (see docs/methods.md).
+    a 1/2, so its 1000 is 1000 here. The official code averages z over the
+    batches of all processes: ``batch_mean`` is that mean of ``g`` when the
+    caller has it (:func:`spin_diffusion.distributed.mean_over_processes`);
+    without it, the mean of this ``g``.
     """
     g = ref_err.float() - model_err.float()
-    z = g.mean().clamp(min=0.0).detach()
+    z = (g.mean() if batch_mean is None else batch_mean.float()).clamp(min=0.0).detach()
     sign = desirable.float() * 2.0 - 1.0
     weight = torch.where(desirable.bool(), lambda_desirable, lambda_undesirable).to(g.dtype)
     return weight * (1.0 - torch.sigmoid(sign * beta * (g - z)))
