@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -84,7 +85,7 @@ def test_add_time_ids_carry_the_cached_original_sizes_and_crops(tmp_path: Path, 
     from spin_diffusion.data.config import DataConfig
     from spin_diffusion.data.latents import ensure_latent_cache
     from spin_diffusion.data.transforms import ImageTransform
-    from spin_diffusion.selfplay import RealData
+    from spin_diffusion.selfplay import RealData, SelfPlayTrajectoryData
 
     root = make_imagefolder(tmp_path / "data")
     cfg = DataConfig(source="imagefolder", path=str(root), resolution=16, center_crop=False, random_flip=True)
@@ -112,6 +113,15 @@ def test_add_time_ids_carry_the_cached_original_sizes_and_crops(tmp_path: Path, 
     for i, row in enumerate(cond.time_ids):
         assert tuple(int(v) for v in row) in by_id[i]  # the flipped or unflipped crop of this example
     assert [tuple(int(v) for v in r) for r in cond.time_ids] == batch.size_cond_a
+    # spin-exact's data gives its real member the same sizes (the flip is drawn first in both)
+    trajectories = SimpleNamespace(schedule=None, trajectory=lambda ex_id: torch.zeros(1, 3, 4, 2, 2))
+    exact = make_batch(
+        SelfPlayTrajectoryData(cache, flip=True, samples=trajectories),
+        [(i, 0) for i in range(len(cache))],
+        seed=0,
+        num_train_timesteps=1000,
+    )
+    assert exact.size_cond_a == batch.size_cond_a and exact.size_cond_b == [None] * len(cache)
 
     # the UNet sees them: the same batch at the default (uncropped) sizes gives other errors
     sched = training_scheduler(xl)

@@ -108,13 +108,15 @@ class SelfPlayTrajectoryData(SelfPlayData):
     def schedule(self) -> Any:
         return self.samples.schedule
 
-    def latents(self, index: int, epoch: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def latents(self, index: int, epoch: int, rng: torch.Generator) -> Members:
         import torch
 
-        real = self.cache.latents(index, flip=_coin(rng, self.flip))
+        flip = _coin(rng, self.flip)
+        real = self.cache.latents(index, flip=flip)
         trajectories = self.samples.trajectory(self.cache.ids[index])
         pick = int(torch.randint(0, trajectories.shape[0], (1,), generator=rng))
-        return real, trajectories[pick]
+        # the real member keeps its cached size and crop (SDXL); the sample was made whole: None
+        return Members(real, trajectories[pick], size_a=self.cache.size_cond(index, flip=flip))
 
 
 class PhaseClock:
