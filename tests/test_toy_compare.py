@@ -8,7 +8,9 @@ from pathlib import Path
 import yaml
 
 from spin_diffusion.cli import main
-from spin_diffusion.toy.reproduce import FAMILY, ReproduceConfig, examples_seen, family_defaults
+from spin_diffusion.toy.reproduce import ALL_METHODS, FAMILY, ReproduceConfig, examples_seen, family_defaults
+
+ALL_METHODS_BUT_ABLATION = [m for m in ALL_METHODS if m != "spin-continued"]
 
 
 def test_compare_trains_every_family_method_on_the_study_pairs(tmp_path: Path, capsys) -> None:
@@ -109,3 +111,19 @@ def test_win_matrix_maps_sft_best_per_seed_and_averages_over_seeds(tmp_path: Pat
     assert "| base | - | 30% | 50% |" in lines
     plot_comparison(cfg, summaries, tmp_path / "compare.png")
     assert (tmp_path / "compare.png").stat().st_size > 1000
+
+
+def test_the_comparison_config_in_the_docs_is_a_valid_study_narrowing_the_defaults() -> None:
+    """docs/results.md's command must keep running: its config validates and only narrows the defaults."""
+    path = Path(__file__).parent.parent / "docs" / "results" / "compare.yaml"
+    cfg = ReproduceConfig.model_validate(yaml.safe_load(path.read_text()))
+    default = ReproduceConfig()
+    assert cfg.spin.iterations == default.spin.iterations[:2]
+    assert cfg.spin_exact.iterations == default.spin_exact.iterations[:1]
+    for part in ("spin", "spin_exact"):
+        mine, theirs = getattr(cfg, part), getattr(default, part)
+        assert mine.model_dump(exclude={"iterations"}) == theirs.model_dump(exclude={"iterations"})
+    assert set(cfg.methods) == set(ALL_METHODS_BUT_ABLATION)
+    assert cfg.model_dump(exclude={"methods", "spin", "spin_exact"}) == default.model_dump(
+        exclude={"methods", "spin", "spin_exact"}
+    )
