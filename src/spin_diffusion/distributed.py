@@ -99,8 +99,10 @@ def mean_over_processes(values: torch.Tensor) -> torch.Tensor:
     dist = torch.distributed
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return values.mean()
-    total = torch.stack([values.detach().sum(), torch.tensor(float(values.numel()), device=values.device)])
-    total = total.to(torch.float64)
+    detached = values.detach().to(torch.float64)
+    total = torch.stack(
+        [detached.sum(), torch.tensor(float(values.numel()), dtype=torch.float64, device=values.device)]
+    )
     dist.all_reduce(total)
     return (total[0] / total[1]).to(values.dtype)
 

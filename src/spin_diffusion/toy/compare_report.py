@@ -11,18 +11,21 @@ import math
 from pathlib import Path
 from typing import Any
 
-from spin_diffusion.toy.reproduce import METRICS, ReproduceConfig, across_seeds, mean_sd, table_names
-
-
-def _seed_model(summary: dict[str, Any], name: str) -> str | None:
-    return summary["sft_best"] if name == "sft-best" else name
+from spin_diffusion.toy.reproduce import (
+    METRICS,
+    ReproduceConfig,
+    across_seeds,
+    mean_sd,
+    seed_model,
+    table_names,
+)
 
 
 def pairwise_win(summaries: dict[int, dict[str, Any]], row: str, col: str) -> tuple[float, float, int]:
     """Mean, sample sd and count over seeds of ``row``'s win rate against ``col`` (nan when absent)."""
     vals = []
     for s in summaries.values():
-        a, b = _seed_model(s, row), _seed_model(s, col)
+        a, b = seed_model(s, row), seed_model(s, col)
         v = s["models"].get(a, {}).get("wins", {}).get(b) if a and b else None
         if v is not None:
             vals.append(float(v))

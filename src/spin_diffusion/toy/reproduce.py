@@ -428,11 +428,16 @@ def across_seeds(summaries: dict[int, dict[str, Any]], name: str, key: str) -> t
     """
     vals = []
     for s in summaries.values():
-        model = s["sft_best"] if name == "sft-best" else name
+        model = seed_model(s, name)
         v = s["models"].get(model, {}).get(key) if model else None
         if v is not None:
             vals.append(float(v))
     return mean_sd(vals)
+
+
+def seed_model(summary: dict[str, Any], name: str) -> str | None:
+    """The model of one seed a table row stands for: ``sft-best`` is that seed's best SFT checkpoint."""
+    return summary["sft_best"] if name == "sft-best" else name
 
 
 def mean_sd(vals: list[float]) -> tuple[float, float, int]:
