@@ -17,7 +17,7 @@ def model_dir(arg: str | None) -> Path:
 
         return base_model_path()
     except ImportError:
-        from spin_diffusion.tiny_pipeline import build_tiny_pipeline
+        from spin_diffusion.model.tiny import build_tiny_pipeline
 
         path = Path(tempfile.mkdtemp()) / "tiny"
         build_tiny_pipeline().save_pretrained(str(path))
@@ -42,7 +42,7 @@ def toy_batch(pipe, size: int, *, paired: bool, seed: int = 0):
     """A training batch of the pipeline's latent shape: random latents, seeded t and noise, toy captions."""
     import torch
 
-    from spin_diffusion.batches import Batch
+    from spin_diffusion.training.batches import Batch
 
     c, s = pipe.unet.config.in_channels, pipe.unet.config.sample_size
     g = torch.Generator().manual_seed(seed)
@@ -59,7 +59,7 @@ def toy_batch(pipe, size: int, *, paired: bool, seed: int = 0):
 
 def conditioning(pipe, captions):
     """The UNet conditioning for ``captions``, as training computes it."""
-    from spin_diffusion.conditioning import encode_prompts
+    from spin_diffusion.model.families import encode_prompts
 
     return encode_prompts(pipe.text_encoder, pipe.tokenizer, captions)
 

@@ -19,11 +19,11 @@ from pathlib import Path
 import torch
 from _common import conditioning, model_dir, toy_batch
 
-from spin_diffusion.config import TrainingConfig
-from spin_diffusion.losses import compute_loss
-from spin_diffusion.models import frozen_copy, load_pipeline, training_scheduler
-from spin_diffusion.reference import ModuleReference
-from spin_diffusion.sampling import generate_latents, sample_seed, use_scheduler
+from spin_diffusion.config.run import TrainingConfig
+from spin_diffusion.model.pipelines import frozen_copy, load_pipeline, training_scheduler
+from spin_diffusion.sampling.opponent import generate_latents, sample_seed, use_scheduler
+from spin_diffusion.training.losses import compute_loss
+from spin_diffusion.training.reference import ModuleReference
 
 
 class Variant:

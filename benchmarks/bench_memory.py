@@ -32,10 +32,16 @@ def run_variant(variant: str, model: str | None, batch: int, steps: int) -> dict
     import torch
     from _common import conditioning, model_dir, toy_batch
 
-    from spin_diffusion.config import TrainingConfig
-    from spin_diffusion.losses import compute_loss
-    from spin_diffusion.models import LoraSettings, add_lora, frozen_copy, load_pipeline, training_scheduler
-    from spin_diffusion.reference import ModuleReference, PrecomputedReference
+    from spin_diffusion.config.run import TrainingConfig
+    from spin_diffusion.model.pipelines import (
+        LoraSettings,
+        add_lora,
+        frozen_copy,
+        load_pipeline,
+        training_scheduler,
+    )
+    from spin_diffusion.training.losses import compute_loss
+    from spin_diffusion.training.reference import ModuleReference, PrecomputedReference
 
     torch.set_num_threads(1)
     pipe = load_pipeline(model_dir(model))

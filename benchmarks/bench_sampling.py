@@ -25,10 +25,10 @@ import torch
 from _common import model_dir
 from PIL import Image
 
-from spin_diffusion.config import SamplingConfig
+from spin_diffusion.config.run import SamplingConfig
 from spin_diffusion.data.latents import encode_pixels
-from spin_diffusion.models import load_pipeline
-from spin_diffusion.sampling import decode_latents, generate_latents, sample_seed, use_scheduler
+from spin_diffusion.model.pipelines import load_pipeline
+from spin_diffusion.sampling.opponent import decode_latents, generate_latents, sample_seed, use_scheduler
 from spin_diffusion.toy.datasets import finetune_prompts
 from spin_diffusion.toy.oracle import judge
 

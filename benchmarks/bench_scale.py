@@ -43,8 +43,8 @@ def build(root: Path, n: int) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from spin_diffusion.atomic import atomic_file, write_json_atomic
     from spin_diffusion.data.latents import FORMAT_VERSION, MANIFEST, _ShardWriter
+    from spin_diffusion.infra.atomic import atomic_file, write_json_atomic
 
     done = root / "built.json"
     record = {"n": n, "cache_format": FORMAT_VERSION}
@@ -102,10 +102,10 @@ def measure(root: Path, batches: int, batch_size: int) -> dict[str, float]:
     """In this (fresh) process: open the data as SPIN training does and time micro-batches."""
     import torch
 
-    from spin_diffusion.batches import make_batch, micro_batch_items
     from spin_diffusion.data.latents import MANIFEST, LatentCache
-    from spin_diffusion.sampling import OpponentSamples
-    from spin_diffusion.selfplay import SelfPlayData
+    from spin_diffusion.sampling.opponent import OpponentSamples
+    from spin_diffusion.selfplay.driver import SelfPlayData
+    from spin_diffusion.training.batches import make_batch, micro_batch_items
 
     torch.set_num_threads(1)
     base = _status_mib("RssAnon")

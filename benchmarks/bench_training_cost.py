@@ -25,10 +25,16 @@ from pathlib import Path
 import torch
 from _common import conditioning, model_dir, toy_batch
 
-from spin_diffusion.config import TrainingConfig
-from spin_diffusion.losses import compute_loss
-from spin_diffusion.models import LoraSettings, add_lora, frozen_copy, load_pipeline, training_scheduler
-from spin_diffusion.reference import ModuleReference, PrecomputedReference
+from spin_diffusion.config.run import TrainingConfig
+from spin_diffusion.model.pipelines import (
+    LoraSettings,
+    add_lora,
+    frozen_copy,
+    load_pipeline,
+    training_scheduler,
+)
+from spin_diffusion.training.losses import compute_loss
+from spin_diffusion.training.reference import ModuleReference, PrecomputedReference
 
 
 def _step(method: str, unet: torch.nn.Module, opt: torch.optim.Optimizer, ref, batch, emb, sched) -> None:

@@ -22,7 +22,7 @@ WORDS = ["a", "red", "blue", "green", "circle", "square", "on", "the", "left", "
 
 
 def tiny_spec(prediction_type: str = "epsilon"):
-    from spin_diffusion.tiny_pipeline import TinyPipelineSpec
+    from spin_diffusion.model.tiny import TinyPipelineSpec
 
     return TinyPipelineSpec(
         words=WORDS,
@@ -40,7 +40,7 @@ def tiny_spec(prediction_type: str = "epsilon"):
 
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from spin_diffusion.tiny_pipeline import build_tiny_pipeline
+    from spin_diffusion.model.tiny import build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("tiny") / "pipeline"
     build_tiny_pipeline(tiny_spec(), seed=0).save_pretrained(str(path), safe_serialization=True)
@@ -49,7 +49,7 @@ def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_vpred_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from spin_diffusion.tiny_pipeline import build_tiny_pipeline
+    from spin_diffusion.model.tiny import build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("tiny_v") / "pipeline"
     build_tiny_pipeline(tiny_spec("v_prediction"), seed=1).save_pretrained(str(path), safe_serialization=True)
@@ -61,7 +61,7 @@ def tiny_sdxl_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny StableDiffusionXLPipeline (two text encoders, text_time UNet), saved like a real one."""
     from dataclasses import replace
 
-    from spin_diffusion.tiny_pipeline import build_tiny_sdxl_pipeline
+    from spin_diffusion.model.tiny import build_tiny_sdxl_pipeline
 
     path = tmp_path_factory.mktemp("tiny_xl") / "pipeline"
     spec = replace(tiny_spec(), linear_projection=True)
@@ -74,7 +74,7 @@ def tiny_sd2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny SD-2.x-shaped pipeline: v-prediction and linear transformer projections."""
     from dataclasses import replace
 
-    from spin_diffusion.tiny_pipeline import build_tiny_pipeline
+    from spin_diffusion.model.tiny import build_tiny_pipeline
 
     path = tmp_path_factory.mktemp("tiny_sd2") / "pipeline"
     spec = replace(tiny_spec("v_prediction"), linear_projection=True)

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from spin_diffusion.objectives import margin_loss
-from spin_diffusion.trajectories import SolverSchedule
+from spin_diffusion.objectives.core import margin_loss
+from spin_diffusion.sampling.trajectories import SolverSchedule
 
 
 def _eps_from_output(out: torch.Tensor, x_t: torch.Tensor, abar: torch.Tensor, kind: str) -> torch.Tensor:

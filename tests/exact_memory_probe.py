@@ -1,7 +1,7 @@
 """Peak memory of one exact-SPIN loss + backward on a small UNet, in a fresh process (prints JSON).
 
 ``python exact_memory_probe.py exact|direct STEPS``: ``exact`` runs the two-pass
-objective (spin_diffusion.exact_spin), ``direct`` the one-graph autograd version
+objective (spin_diffusion.training.exact_spin), ``direct`` the one-graph autograd version
 (exact_direct). A short warm-up run first touches every code path, so the
 reported peak RSS (``ru_maxrss``) is set by the STEPS-long run.
 """
@@ -17,13 +17,13 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
 from exact_direct import direct_exact_loss
-from spin_diffusion.batches import Batch
-from spin_diffusion.config import TrainingConfig
-from spin_diffusion.exact_spin import exact_spin_output
-from spin_diffusion.losses import Backprop
-from spin_diffusion.models import frozen_copy
-from spin_diffusion.reference import ModuleReference
-from spin_diffusion.trajectories import solver_schedule
+from spin_diffusion.config.run import TrainingConfig
+from spin_diffusion.model.pipelines import frozen_copy
+from spin_diffusion.sampling.trajectories import solver_schedule
+from spin_diffusion.training.batches import Batch
+from spin_diffusion.training.exact_spin import exact_spin_output
+from spin_diffusion.training.losses import Backprop
+from spin_diffusion.training.reference import ModuleReference
 
 B, SIZE, CHUNK = 1, 16, 4
 

@@ -16,8 +16,8 @@ import torch
 import yaml
 from PIL import Image
 
-from spin_diffusion.cli import main
-from spin_diffusion.training import Trainer
+from spin_diffusion.cli.main import main
+from spin_diffusion.training.trainer import Trainer
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 # (width, height): not square, so every image has its own original size and crop
@@ -179,7 +179,7 @@ def check_spin_two_iterations(
     tmp_path: Path, base: Path, pipeline_class: Any, monkeypatch: pytest.MonkeyPatch, evaluate: bool = True
 ) -> dict[str, Any]:
     """Full fine-tuning, two SPIN iterations (and evaluation of base and both); outputs load in diffusers."""
-    from spin_diffusion import sampling
+    from spin_diffusion.sampling import opponent as sampling
 
     classes: list[str] = []
     original = sampling.generate_images
@@ -204,7 +204,7 @@ def check_spin_two_iterations(
     it1, it2 = results["iterations"]
     assert it2["opponent_fingerprint"] == it1["model_fingerprint"] != it1["opponent_fingerprint"]
     assert train_log(run / "iter-1")[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # theta == opponent
-    from spin_diffusion.sampling import OpponentSamples
+    from spin_diffusion.sampling.opponent import OpponentSamples
 
     opp = OpponentSamples(run / "iter-2" / "samples")
     assert len(opp) == len(SIZES) and torch.isfinite(opp.latents(opp.ids[0]).float()).all()
@@ -261,7 +261,7 @@ def check_dpo_precomputed(tmp_path: Path, base: Path, pipeline_class: Any) -> Pa
 
 def check_resume_after_interruption(tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """LoRA SPIN stopped by SIGINT in iteration 2 and run again gives the uninterrupted run's LoRA."""
-    from spin_diffusion.training import TrainingInterrupted
+    from spin_diffusion.training.trainer import TrainingInterrupted
 
     data = {"source": "imagefolder", "path": str(make_imagefolder(tmp_path / "data"))}
     lora = {"pretrained": str(base), "lora": {"enabled": True, "rank": 2}}
@@ -273,8 +273,8 @@ def check_resume_after_interruption(tmp_path: Path, base: Path, monkeypatch: pyt
     straight = write_config(tmp_path / "a", base, data, **over)
     assert main(["train", str(straight)]) == 0
     resumed = write_config(tmp_path / "b", base, data, **over)
-    from spin_diffusion.config import load_config
-    from spin_diffusion.selfplay import run
+    from spin_diffusion.config.run import load_config
+    from spin_diffusion.selfplay.driver import run
 
     with monkeypatch.context() as m:
         stop = Interrupt(m, iteration=2, step=1)

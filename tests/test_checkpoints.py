@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from spin_diffusion.checkpoints import list_checkpoints
-from spin_diffusion.conditioning import prompt_encoder
-from spin_diffusion.config import TrainingConfig
+from spin_diffusion.config.run import TrainingConfig
 from spin_diffusion.errors import UserError
-from spin_diffusion.models import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
-from spin_diffusion.reference import ModuleReference
-from spin_diffusion.training import Trainer
+from spin_diffusion.model.families import prompt_encoder
+from spin_diffusion.model.pipelines import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
+from spin_diffusion.training.checkpoints import list_checkpoints
+from spin_diffusion.training.reference import ModuleReference
+from spin_diffusion.training.trainer import Trainer
 from synthetic_pairs import SyntheticPairs
 
 CAPTIONS = ["a red circle", "a blue square", "a green circle", "a red square"]
@@ -119,7 +119,7 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(
         json.loads((ckpts / "step-3" / "complete.json").read_text())["files"]["model.safetensors"]["size"] > 0
     )
     damage(ckpts / "step-3")
-    with caplog.at_level(logging.WARNING, logger="spin_diffusion.training"):
+    with caplog.at_level(logging.WARNING, logger="spin_diffusion.training.trainer"):
         again = _trainer(pipe, out)
         result = again.train()
     assert result.resumed_from == 2 and result.steps == 4
@@ -202,7 +202,7 @@ def test_another_save_failure_is_not_called_a_full_disk_and_leaves_no_temporary(
 def _lora_trainer(pipe, out_dir: Path, max_steps: int) -> Trainer:
     import torch
 
-    from spin_diffusion.models import LoraSettings, add_lora
+    from spin_diffusion.model.pipelines import LoraSettings, add_lora
 
     unet = frozen_copy(pipe.unet)
     torch.manual_seed(3)  # the adapter's initial A: the same in every run of this test

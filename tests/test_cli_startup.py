@@ -9,7 +9,7 @@ HEAVY = ("torch", "diffusers", "transformers", "datasets", "numpy")
 
 
 def test_importing_the_cli_imports_no_heavy_library() -> None:
-    code = f"import sys, spin_diffusion.cli; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    code = f"import sys, spin_diffusion.cli.main; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from spin_diffusion.compact import CompactStrings, StringIndex
+from spin_diffusion.infra.compact import CompactStrings, StringIndex
 
 
 def test_strings_round_trip_unicode_empty_and_slices() -> None:
@@ -29,7 +29,7 @@ def test_index_finds_first_position_and_counts_distinct() -> None:
 
 
 def test_index_resolves_equal_hashes_by_comparing_strings(monkeypatch: pytest.MonkeyPatch) -> None:
-    import spin_diffusion.compact as compact
+    import spin_diffusion.infra.compact as compact
 
     monkeypatch.setattr(compact, "hash", lambda value: len(value), raising=False)  # many collisions
     ids = CompactStrings(["ab", "cd", "ef", "abc", "cd"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from spin_diffusion.config import apply_overrides, identity_changes, load_config, validate_config
+from spin_diffusion.config.run import apply_overrides, identity_changes, load_config, validate_config
 from spin_diffusion.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +93,7 @@ def test_identity_changes_detect_what_would_mix_results() -> None:
 
 
 def test_configuration_docs_match_the_code() -> None:
-    from spin_diffusion.config import config_reference_markdown
+    from spin_diffusion.config.run import config_reference_markdown
 
     docs = (REPO / "docs" / "configuration.md").read_text()
     assert config_reference_markdown() in docs, (

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spin_diffusion.config import apply_overrides, load_config, read_yaml, validate_config
+from spin_diffusion.config.run import apply_overrides, load_config, read_yaml, validate_config
 from spin_diffusion.errors import ConfigError
 
 BASE_YAML = """\
@@ -63,7 +63,7 @@ def test_same_key_in_different_sections_and_merge_overrides_are_fine(tmp_path: P
 
 
 def test_duplicate_key_in_an_evaluate_job_config(tmp_path: Path) -> None:
-    from spin_diffusion.evaluation.config import load_job_config
+    from spin_diffusion.config.evaluation import load_job_config
 
     text = (
         "models: {base: m}\noutput_dir: out\noutput_dir: out2\n"
@@ -74,7 +74,7 @@ def test_duplicate_key_in_an_evaluate_job_config(tmp_path: Path) -> None:
 
 
 def test_duplicate_key_in_data_check_config(tmp_path: Path) -> None:
-    from spin_diffusion.data.cli import app
+    from spin_diffusion.cli.data import app
 
     path = _write(tmp_path, "data:\n  source: imagefolder\n  path: d\n  path: e\n  resolution: 32\n")
     res = CliRunner().invoke(app, ["check", str(path)])
@@ -83,8 +83,8 @@ def test_duplicate_key_in_data_check_config(tmp_path: Path) -> None:
 
 
 def test_duplicate_key_in_a_pretrain_config(tmp_path: Path) -> None:
+    from spin_diffusion.cli.toy import _load_pretrain_config
     from spin_diffusion.errors import UserError
-    from spin_diffusion.toy.cli import _load_pretrain_config
 
     path = _write(tmp_path, "seed: 1\nvae_steps: 2\nseed: 3\n", "pretrain.yaml")
     with pytest.raises(UserError, match=r"pretrain.yaml: line 3: duplicate key 'seed'"):
@@ -116,7 +116,7 @@ def test_utf8_bom_in_a_config_is_accepted(tmp_path: Path) -> None:
 
 
 def test_non_utf8_config_through_the_cli_is_one_line(tmp_path: Path, capsys) -> None:
-    from spin_diffusion.cli import main
+    from spin_diffusion.cli.main import main
 
     path = _write(tmp_path, b"name: caf\xe9\n")
     assert main(["show-config", str(path)]) == 2
@@ -126,7 +126,7 @@ def test_non_utf8_config_through_the_cli_is_one_line(tmp_path: Path, capsys) -> 
 
 
 def test_non_utf8_config_in_data_check(tmp_path: Path) -> None:
-    from spin_diffusion.data.cli import app
+    from spin_diffusion.cli.data import app
 
     path = _write(tmp_path, b"data: {source: imagefolder, path: caf\xe9, resolution: 32}\n")
     res = CliRunner().invoke(app, ["check", str(path)])
@@ -206,7 +206,7 @@ def test_other_float_fields_refuse_inf_too() -> None:
 def test_eval_config_numbers_are_strict_too() -> None:
     from pydantic import ValidationError
 
-    from spin_diffusion.evaluation.config import EvaluationConfig
+    from spin_diffusion.config.evaluation import EvaluationConfig
 
     base = {"prompts": ["a"], "scorers": [{"kind": "toy_fidelity"}]}
     with pytest.raises(ValidationError, match="guidance_scale"):
@@ -264,7 +264,7 @@ def _eval_job(tmp_path: Path, output_dir: Path) -> Path:
 
 
 def test_evaluate_output_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
-    from spin_diffusion.evaluation.config import load_job_config
+    from spin_diffusion.config.evaluation import load_job_config
 
     blocker = tmp_path / "results.txt"
     blocker.write_text("not a directory\n")
@@ -278,7 +278,7 @@ def test_evaluate_output_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_evaluate_command_with_file_output_dir_is_one_line(tmp_path: Path, capsys) -> None:
-    from spin_diffusion.cli import main
+    from spin_diffusion.cli.main import main
 
     blocker = tmp_path / "out"
     blocker.write_text("x")
@@ -293,7 +293,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_paper_evaluation_uses_the_papers_seed() -> None:
-    from spin_diffusion.evaluation.config import load_job_config
+    from spin_diffusion.config.evaluation import load_job_config
 
     assert load_job_config(REPO / "configs" / "evaluate-paper.yaml").evaluation.seed == 5775709
 
@@ -308,7 +308,7 @@ def test_dpo_config_states_its_beta_convention() -> None:
 
 def test_spin_config_comment_matches_the_warmup_schedule() -> None:
     """sd15-spin.yaml says what warm-up does when it is as long as or longer than an iteration."""
-    from spin_diffusion.training import lr_factor
+    from spin_diffusion.training.trainer import lr_factor
 
     path = REPO / "configs" / "sd15-spin.yaml"
     cfg, text = load_config(path), path.read_text()

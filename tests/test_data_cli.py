@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spin_diffusion.data.cli import app
+from spin_diffusion.cli.data import app
 from spin_diffusion.data.testing import make_imagefolder, make_parquet, make_pickapic, write_parquet
 
 runner = CliRunner()
@@ -111,7 +111,7 @@ def test_check_fatal_data_errors(tmp_path):
 
 def test_check_through_the_main_cli(tmp_path):
     """The mounted sub-command keeps its summary and its non-zero exit code (one subprocess: ~10 s)."""
-    pytest.importorskip("spin_diffusion.cli")
+    pytest.importorskip("spin_diffusion.cli.main")
     path = make_pickapic(tmp_path / "pap.parquet", [*LABELS, (0.3, 0.7)])
     proc = subprocess.run(
         [sys.executable, "-m", "spin_diffusion.cli", "data", "check", str(path), "--resolution", "32"],

@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
+from spin_diffusion.config.data import DataConfig
 from spin_diffusion.data import latents as latents_mod
-from spin_diffusion.data.config import DataConfig
 from spin_diffusion.data.latents import LatentCache, ensure_latent_cache, vae_fingerprint
 from spin_diffusion.data.sources import open_source
 from spin_diffusion.data.testing import make_imagefolder, make_parquet, make_pickapic

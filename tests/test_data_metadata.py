@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from spin_diffusion.data.config import DataConfig
+from spin_diffusion.config.data import DataConfig
 from spin_diffusion.data.problems import BAD_METADATA
 from spin_diffusion.data.sources import open_source, scan_source
 from spin_diffusion.data.testing import make_image

@@ -7,7 +7,7 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from spin_diffusion.data.config import PromptSetConfig
+from spin_diffusion.config.data import PromptSetConfig
 from spin_diffusion.data.prompts import load_prompts
 from spin_diffusion.data.testing import write_parquet
 from spin_diffusion.errors import DataError

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from spin_diffusion.data.config import DataConfig
+from spin_diffusion.config.data import DataConfig
 from spin_diffusion.data.problems import (
     BAD_LABEL,
     BAD_METADATA,

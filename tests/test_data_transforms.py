@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spin_diffusion.data.config import DataConfig
+from spin_diffusion.config.data import DataConfig
 from spin_diffusion.data.transforms import (
     ImageTransform,
     crop_square,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spin_diffusion.cli import main
+from spin_diffusion.cli.main import main
 
 
 def test_quick_demo_prints_the_table(tmp_path: Path, capsys) -> None:

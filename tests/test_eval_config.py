@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from spin_diffusion.errors import ConfigError
-from spin_diffusion.evaluation.config import (
+from spin_diffusion.config.evaluation import (
     EvaluateJobConfig,
     EvaluationConfig,
     ScorerConfig,
     load_job_config,
 )
+from spin_diffusion.errors import ConfigError
 
 
 def test_scorer_paths_must_fit_the_kind():
@@ -98,7 +98,7 @@ def test_example_configs_validate():
 
 
 def test_config_module_does_not_import_torch():
-    code = "import sys; import spin_diffusion.evaluation.config, spin_diffusion.evaluation.cli; print('torch' in sys.modules)"
+    code = "import sys; import spin_diffusion.config.evaluation, spin_diffusion.cli.evaluate; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

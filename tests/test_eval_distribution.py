@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
+from spin_diffusion.config.evaluation import DistributionConfig
 from spin_diffusion.errors import ConfigError, DataError
 from spin_diffusion.evaluation import distribution as dist
-from spin_diffusion.evaluation.config import DistributionConfig
 
 pytest.importorskip("torchmetrics")
 

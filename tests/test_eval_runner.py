@@ -11,11 +11,11 @@ import pytest
 from PIL import Image
 
 import spin_diffusion.evaluation.registry as registry
-import spin_diffusion.models as models_mod
-import spin_diffusion.sampling as sampling_mod
+import spin_diffusion.model.pipelines as models_mod
+import spin_diffusion.sampling.opponent as sampling_mod
+from spin_diffusion.config.evaluation import EvaluationConfig
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.evaluation import tiny_scorers as ts
-from spin_diffusion.evaluation.config import EvaluationConfig
 from spin_diffusion.evaluation.runner import evaluate_models
 from spin_diffusion.evaluation.store import prompt_id
 
@@ -227,7 +227,7 @@ def test_changed_sampling_settings_are_refused(evaluated, weights, tmp_path):
 
 
 def test_cli_evaluate_command(evaluated, weights, tmp_path, capsys):
-    from spin_diffusion.cli import main
+    from spin_diffusion.cli.main import main
 
     out = tmp_path / "out"
     shutil.copytree(evaluated["out"], out)

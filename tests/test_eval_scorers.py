@@ -15,9 +15,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from spin_diffusion.config.evaluation import ScorerConfig
 from spin_diffusion.errors import CheckpointError, UserError
 from spin_diffusion.evaluation import tiny_scorers as ts
-from spin_diffusion.evaluation.config import ScorerConfig
 from spin_diffusion.evaluation.registry import build_scorer
 from spin_diffusion.evaluation.scorer_base import (
     CLIP_MEAN,

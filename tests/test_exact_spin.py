@@ -14,15 +14,15 @@ import pytest
 import torch
 
 from exact_direct import direct_exact_loss
-from spin_diffusion.batches import Batch
-from spin_diffusion.conditioning import encode_prompts
-from spin_diffusion.config import TrainingConfig
-from spin_diffusion.exact_spin import exact_spin_output
-from spin_diffusion.losses import Backprop
-from spin_diffusion.models import frozen_copy, load_pipeline, training_scheduler
-from spin_diffusion.reference import ModuleReference
-from spin_diffusion.sampling import generate_latents, use_scheduler
-from spin_diffusion.trajectories import solver_schedule, transition_target
+from spin_diffusion.config.run import TrainingConfig
+from spin_diffusion.model.families import encode_prompts
+from spin_diffusion.model.pipelines import frozen_copy, load_pipeline, training_scheduler
+from spin_diffusion.sampling.opponent import generate_latents, use_scheduler
+from spin_diffusion.sampling.trajectories import solver_schedule, transition_target
+from spin_diffusion.training.batches import Batch
+from spin_diffusion.training.exact_spin import exact_spin_output
+from spin_diffusion.training.losses import Backprop
+from spin_diffusion.training.reference import ModuleReference
 
 CAPTIONS = ["a red circle", "a blue square on the left"]
 TESTS = Path(__file__).resolve().parent
@@ -204,7 +204,7 @@ def test_random_step_subsets_average_to_the_full_gradient(pipe) -> None:
 
 def test_precomputed_reference_is_refused(pipe) -> None:
     from spin_diffusion.errors import ConfigError
-    from spin_diffusion.reference import PrecomputedReference
+    from spin_diffusion.training.reference import PrecomputedReference
 
     traj, schedule = _trajectory(pipe, "ddim", 2)
     batch = _batch(traj, schedule)
@@ -244,9 +244,9 @@ def test_peak_memory_is_flat_in_the_trajectory_length_and_direct_autograd_is_not
 def test_sampling_stores_trajectories_memory_mapped_and_they_are_part_of_the_identity(
     pipe, tmp_path: Path
 ) -> None:
-    from spin_diffusion.config import SamplingConfig
+    from spin_diffusion.config.run import SamplingConfig
     from spin_diffusion.errors import CheckpointError
-    from spin_diffusion.sampling import OpponentSamples, sample_opponent
+    from spin_diffusion.sampling.opponent import OpponentSamples, sample_opponent
 
     ids, caps = ["p0", "p1", "p2"], ["a red circle", "a blue square", "a green circle"]
     settings = SamplingConfig(
@@ -298,7 +298,7 @@ def test_sampling_stores_trajectories_memory_mapped_and_they_are_part_of_the_ide
     ],
 )
 def test_settings_spin_exact_cannot_honour_are_refused_by_name(override: dict, field: str) -> None:
-    from spin_diffusion.config import validate_config
+    from spin_diffusion.config.run import validate_config
     from spin_diffusion.errors import ConfigError
 
     raw = {

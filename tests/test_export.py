@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import yaml
 
-from spin_diffusion.cli import main
+from spin_diffusion.cli.main import main
 from tiny_runs import colour_squares, tiny_spin_config
 
 
@@ -58,7 +58,7 @@ def test_export_loads_with_diffusers_alone_and_matches_the_run(
 ) -> None:
     from diffusers import DiffusionPipeline
 
-    from spin_diffusion.models import load_pipeline
+    from spin_diffusion.model.pipelines import load_pipeline
 
     out = tmp_path / "export"
     assert main(["export", str(full_run), str(out)]) == 0
@@ -130,8 +130,8 @@ def test_a_lora_run_exports_the_fused_pipeline_and_one_adapter_relative_to_the_b
 
 
 def test_the_card_of_a_diffusion_dpo_family_method() -> None:
-    from spin_diffusion.config import validate_config
-    from spin_diffusion.model_card import CardInputs, render_model_card
+    from spin_diffusion.config.run import validate_config
+    from spin_diffusion.export.model_card import CardInputs, render_model_card
 
     cfg = validate_config(
         {

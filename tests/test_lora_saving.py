@@ -17,8 +17,8 @@ import torch
 import yaml
 from PIL import Image
 
-from spin_diffusion.cli import main
-from spin_diffusion.models import (
+from spin_diffusion.cli.main import main
+from spin_diffusion.model.pipelines import (
     LORA_WEIGHT_NAME,
     LoraSettings,
     add_lora,

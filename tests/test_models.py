@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from spin_diffusion.errors import CheckpointError, ConfigError
-from spin_diffusion.models import (
+from spin_diffusion.model.pipelines import (
     LoraSettings,
     adapters_disabled,
     add_lora,
@@ -141,7 +141,7 @@ def test_full_finetune_output_loads_in_plain_diffusers(tiny_pipeline_dir: Path, 
 
 
 def test_checkpoint_from_another_model_is_refused(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
-    from spin_diffusion.tiny_pipeline import TinyPipelineSpec, build_tiny_pipeline
+    from spin_diffusion.model.tiny import TinyPipelineSpec, build_tiny_pipeline
 
     other = build_tiny_pipeline(TinyPipelineSpec(image_size=16, vae_channels=(8, 16), unet_channels=(8, 16)))
     other.unet.save_pretrained(str(tmp_path / "model" / "unet"))
@@ -181,7 +181,7 @@ def test_saved_tokenizer_is_word_level(tiny_pipeline_dir: Path) -> None:
 def test_merge_lora_gives_a_plain_unet_with_the_same_output(tiny_pipeline_dir: Path) -> None:
     import copy
 
-    from spin_diffusion.models import merge_lora
+    from spin_diffusion.model.pipelines import merge_lora
 
     unet = load_pipeline(tiny_pipeline_dir).unet
     base_keys = set(unet.state_dict())
@@ -199,7 +199,7 @@ def test_merge_lora_gives_a_plain_unet_with_the_same_output(tiny_pipeline_dir: P
 
 
 def test_word_tokenizer_gives_one_token_per_word_even_when_words_overlap() -> None:
-    from spin_diffusion.tiny_pipeline import build_word_tokenizer
+    from spin_diffusion.model.tiny import build_word_tokenizer
     from spin_diffusion.toy.world import VOCABULARY
 
     # "and" / "triangle", "or" / "orange", "a" / "an": merges of one word occur inside others

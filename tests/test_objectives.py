@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from spin_diffusion.objectives import (
+from spin_diffusion.objectives.core import (
     denoising_error,
     dpo_loss,
     margin_loss,
@@ -133,7 +133,7 @@ def _trajectory_errors(b: int = 5, k: int = 7, seed: int = 0) -> list[torch.Tens
 
 
 def test_trajectory_margin_averages_the_per_step_margins_inside_l() -> None:
-    from spin_diffusion.objectives import exact_spin_loss, preference_margin, trajectory_margin
+    from spin_diffusion.objectives.core import exact_spin_loss, preference_margin, trajectory_margin
 
     m_r, r_r, m_g, r_g = _trajectory_errors()
     per_step = preference_margin(m_r, r_r, m_g, r_g, 3000.0)  # [B, K] elementwise
@@ -154,7 +154,7 @@ def test_trajectory_margin_averages_the_per_step_margins_inside_l() -> None:
 
 @pytest.mark.parametrize("loss_type", ["logistic", "hinge", "correlation"])
 def test_margin_loss_slope_is_l_prime(loss_type: str) -> None:
-    from spin_diffusion.objectives import margin_loss_slope
+    from spin_diffusion.objectives.core import margin_loss_slope
 
     u = torch.tensor([-30.0, -1.0, 0.0, 0.5, 2.0, 40.0])
     closed = {
@@ -166,7 +166,11 @@ def test_margin_loss_slope_is_l_prime(loss_type: str) -> None:
 
 
 def test_step_coefficients_give_the_gradient_of_the_exact_loss() -> None:
-    from spin_diffusion.objectives import exact_spin_loss, trajectory_margin, trajectory_step_coefficients
+    from spin_diffusion.objectives.core import (
+        exact_spin_loss,
+        trajectory_margin,
+        trajectory_step_coefficients,
+    )
 
     m_r, r_r, m_g, r_g = _trajectory_errors()
     m_r.requires_grad_(True)

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from spin_diffusion.objectives import dpo_loss
-from spin_diffusion.objectives_dpo_family import (
+from spin_diffusion.objectives.core import dpo_loss
+from spin_diffusion.objectives.dpo_family import (
     adaptive_dpo_loss,
     dmpo_loss,
     inversion_dpo_loss,
@@ -109,7 +109,7 @@ def test_inversion_dpo_hand_computed() -> None:
 
 def test_ddim_inversion_with_a_constant_noise_prediction_is_forward_noising() -> None:
     """If the model always predicts e, every DDIM step keeps x0_hat = x0: x_t = sqrt(a) x0 + sqrt(1-a) e."""
-    from spin_diffusion.inversion import ddim_invert
+    from spin_diffusion.sampling.inversion import ddim_invert
 
     abar = torch.linspace(0.999, 0.01, 1000)
     x0 = torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(0))
@@ -124,12 +124,12 @@ def test_inverted_errors_on_a_tiny_unet(tiny_pipeline_dir) -> None:
     """theta = reference: zero errors and loss log 2; a changed model has errors; inversion is deterministic."""
     from diffusers import StableDiffusionPipeline
 
-    from spin_diffusion.batches import Batch
-    from spin_diffusion.conditioning import encode_prompts
-    from spin_diffusion.config import TrainingConfig
-    from spin_diffusion.losses import compute_loss, inverted_errors
-    from spin_diffusion.models import frozen_copy, training_scheduler
-    from spin_diffusion.reference import ModuleReference
+    from spin_diffusion.config.run import TrainingConfig
+    from spin_diffusion.model.families import encode_prompts
+    from spin_diffusion.model.pipelines import frozen_copy, training_scheduler
+    from spin_diffusion.training.batches import Batch
+    from spin_diffusion.training.losses import compute_loss, inverted_errors
+    from spin_diffusion.training.reference import ModuleReference
 
     pipe = StableDiffusionPipeline.from_pretrained(str(tiny_pipeline_dir), safety_checker=None)
     sched = training_scheduler(pipe)
@@ -169,8 +169,8 @@ def test_kto_takes_a_given_batch_mean_as_its_reference_point() -> None:
 
 
 def _kto_on_rank(rank: int, init_file: str, results: dict) -> None:
-    from spin_diffusion.config import TrainingConfig
-    from spin_diffusion.losses import PairErrors, _kto
+    from spin_diffusion.config.run import TrainingConfig
+    from spin_diffusion.training.losses import PairErrors, _kto
 
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
@@ -188,8 +188,8 @@ def test_kto_reference_point_is_the_mean_over_every_process(tmp_path) -> None:
     """Two gloo processes with different batches: each uses the global batch's mean reward."""
     import torch.multiprocessing as mp
 
-    from spin_diffusion.config import TrainingConfig
-    from spin_diffusion.losses import PairErrors, _kto
+    from spin_diffusion.config.run import TrainingConfig
+    from spin_diffusion.training.losses import PairErrors, _kto
 
     with mp.Manager() as manager:
         results = manager.dict()

@@ -13,13 +13,13 @@ import yaml
 from PIL import Image
 
 from launch import train_two_processes
-from spin_diffusion.batches import make_batch, micro_batch_items
-from spin_diffusion.cli import main
-from spin_diffusion.conditioning import encode_prompts, prompt_encoder
-from spin_diffusion.config import TrainingConfig
+from spin_diffusion.cli.main import main
+from spin_diffusion.config.run import TrainingConfig
 from spin_diffusion.errors import CheckpointError
-from spin_diffusion.models import frozen_copy, load_pipeline, training_scheduler
-from spin_diffusion.reference import (
+from spin_diffusion.model.families import encode_prompts, prompt_encoder
+from spin_diffusion.model.pipelines import frozen_copy, load_pipeline, training_scheduler
+from spin_diffusion.training.batches import make_batch, micro_batch_items
+from spin_diffusion.training.reference import (
     ModuleReference,
     PrecomputedReference,
     ReferencePlan,

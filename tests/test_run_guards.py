@@ -17,11 +17,11 @@ import pytest
 import torch
 from PIL import Image
 
-from spin_diffusion.cli import main
-from spin_diffusion.config import validate_config
+from spin_diffusion.cli.main import main
+from spin_diffusion.config.run import validate_config
 from spin_diffusion.errors import ConfigError
-from spin_diffusion.selfplay import run
-from spin_diffusion.training import Trainer, TrainingInterrupted
+from spin_diffusion.selfplay.driver import run
+from spin_diffusion.training.trainer import Trainer, TrainingInterrupted
 
 
 @pytest.fixture()

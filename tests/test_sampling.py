@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from spin_diffusion.config import SamplingConfig
+from spin_diffusion.config.run import SamplingConfig
 from spin_diffusion.errors import CheckpointError
-from spin_diffusion.models import fingerprint_module, load_pipeline
-from spin_diffusion.sampling import generate_latents, sample_opponent, sample_seed, use_scheduler
+from spin_diffusion.model.pipelines import fingerprint_module, load_pipeline
+from spin_diffusion.sampling.opponent import generate_latents, sample_opponent, sample_seed, use_scheduler
 
 PROMPTS = ["a red circle", "a blue square", "a green circle on the left", "a red square", "a blue circle"]
 
@@ -109,7 +109,7 @@ def test_two_ranks_split_shards_and_give_identical_results(pipe, tmp_path: Path)
         pipe, ids, PROMPTS, settings, tmp_path / "one", seed=3, model_fingerprint="m", show_progress=False
     )
     # two processes, run one after the other: rank 1 writes only its shard and finds no manifest yet
-    from spin_diffusion import sampling
+    from spin_diffusion.sampling import opponent as sampling
 
     out = tmp_path / "two"
     kwargs = dict(seed=3, model_fingerprint="m", world_size=2, show_progress=False)
@@ -135,7 +135,7 @@ def test_reencoded_samples_are_what_the_real_data_encoder_gives_for_the_saved_im
 
     from spin_diffusion.data.latents import encode_pixels
     from spin_diffusion.data.transforms import to_tensor
-    from spin_diffusion.sampling import decode_latents, reencode_latents
+    from spin_diffusion.sampling.opponent import decode_latents, reencode_latents
 
     ids = [f"p{i}" for i in range(3)]
     common = dict(num_inference_steps=3, guidance_scale=2.0, batch_size=2, num_previews=0)
@@ -195,7 +195,7 @@ def test_a_truncated_shard_in_a_finished_directory_is_sampled_again(
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) - 100])
     kept = (out / "shard-00000.safetensors").stat().st_mtime_ns
-    with caplog.at_level("WARNING", logger="spin_diffusion.sampling"):
+    with caplog.at_level("WARNING", logger="spin_diffusion.sampling.opponent"):
         again = _sample(pipe, out)
     assert "shard-00001.safetensors is unreadable" in caplog.text and "sampling it again" in caplog.text
     assert (out / "shard-00000.safetensors").stat().st_mtime_ns == kept  # intact shards are kept
@@ -208,7 +208,7 @@ def test_opponent_samples_are_read_lazily_one_shard_at_a_time(pipe, uninterrupte
     import safetensors.torch
     from safetensors.torch import load_file
 
-    from spin_diffusion import sampling
+    from spin_diffusion.sampling import opponent as sampling
 
     opened: list[str] = []
 

@@ -19,10 +19,10 @@ from family_runs import (
     fresh_accelerator_state,  # noqa: F401 - autouse: a fresh accelerate state per run
     make_imagefolder,
 )
-from spin_diffusion.cli import main
-from spin_diffusion.conditioning import SDXL, family_of_directory, prompt_encoder
+from spin_diffusion.cli.main import main
 from spin_diffusion.errors import CheckpointError
-from spin_diffusion.models import load_pipeline, prediction_error, training_scheduler
+from spin_diffusion.model.families import SDXL, family_of_directory, prompt_encoder
+from spin_diffusion.model.pipelines import load_pipeline, prediction_error, training_scheduler
 
 CAPTIONS = ["a red circle", "a blue square on the left", ""]
 
@@ -81,11 +81,11 @@ def test_time_ids_are_the_pipelines_for_the_same_sizes(xl) -> None:
 
 
 def test_add_time_ids_carry_the_cached_original_sizes_and_crops(tmp_path: Path, xl) -> None:
-    from spin_diffusion.batches import make_batch
-    from spin_diffusion.data.config import DataConfig
+    from spin_diffusion.config.data import DataConfig
     from spin_diffusion.data.latents import ensure_latent_cache
     from spin_diffusion.data.transforms import ImageTransform
-    from spin_diffusion.selfplay import RealData, SelfPlayTrajectoryData
+    from spin_diffusion.selfplay.driver import RealData, SelfPlayTrajectoryData
+    from spin_diffusion.training.batches import batch_conditioning, make_batch
 
     root = make_imagefolder(tmp_path / "data")
     cfg = DataConfig(source="imagefolder", path=str(root), resolution=16, center_crop=False, random_flip=True)
@@ -109,7 +109,7 @@ def test_add_time_ids_carry_the_cached_original_sizes_and_crops(tmp_path: Path, 
 
     data = RealData(cache, flip=True)
     batch = make_batch(data, [(i, 0) for i in range(len(cache))], seed=0, num_train_timesteps=1000)
-    cond = prompt_encoder(xl).for_batch(batch)
+    cond = batch_conditioning(prompt_encoder(xl), batch)
     for i, row in enumerate(cond.time_ids):
         assert tuple(int(v) for v in row) in by_id[i]  # the flipped or unflipped crop of this example
     assert [tuple(int(v) for v in r) for r in cond.time_ids] == batch.size_cond_a
@@ -196,7 +196,7 @@ def test_resume_after_an_interruption(tmp_path: Path, tiny_sdxl_dir: Path, monke
 
 
 def test_the_sdxl_configs_default_to_lora_and_state_diffusion_dpos_beta_on_our_scale() -> None:
-    from spin_diffusion.config import load_config
+    from spin_diffusion.config.run import load_config
 
     repo = Path(__file__).resolve().parents[1]
     dpo, spin = (

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spin_diffusion.cli import main
-from spin_diffusion.config import load_config
-from spin_diffusion.evaluation.config import load_job_config
-from spin_diffusion.shipped import configs_dir, copy_configs, shipped_configs
+from spin_diffusion.cli.main import main
+from spin_diffusion.config.evaluation import load_job_config
+from spin_diffusion.config.run import load_config
+from spin_diffusion.config.shipped import configs_dir, copy_configs, shipped_configs
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED = shipped_configs()
@@ -147,7 +147,7 @@ def test_a_trained_directory_given_as_the_pipeline_names_the_field(
 
 
 def test_toy_base_alias_loads_the_shipped_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from spin_diffusion.models import load_pipeline, resolve_model_source
+    from spin_diffusion.model.pipelines import load_pipeline, resolve_model_source
     from spin_diffusion.toy import base_model_path
 
     monkeypatch.chdir(tmp_path)

@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from spin_diffusion.tokens import caption_token_report, warn_caption_tokens
+from spin_diffusion.model.tokens import caption_token_report, warn_caption_tokens
 from spin_diffusion.toy import base_model_path
 from spin_diffusion.toy.datasets import generate_pairs
 

@@ -7,8 +7,14 @@ from pathlib import Path
 
 import yaml
 
-from spin_diffusion.cli import main
-from spin_diffusion.toy.reproduce import ALL_METHODS, FAMILY, ReproduceConfig, examples_seen, family_defaults
+from spin_diffusion.cli.main import main
+from spin_diffusion.studies.reproduce import (
+    ALL_METHODS,
+    FAMILY,
+    ReproduceConfig,
+    examples_seen,
+    family_defaults,
+)
 
 ALL_METHODS_BUT_ABLATION = [m for m in ALL_METHODS if m != "spin-continued"]
 
@@ -75,8 +81,8 @@ def test_a_family_method_without_settings_is_refused(tmp_path: Path, capsys) -> 
 
 
 def test_spin_exact_is_a_compare_method_with_its_own_iterations(tmp_path: Path) -> None:
-    from spin_diffusion.config import validate_config
-    from spin_diffusion.toy.reproduce import ALL_METHODS, models_of, run_configs
+    from spin_diffusion.config.run import validate_config
+    from spin_diffusion.studies.reproduce import ALL_METHODS, models_of, run_configs
 
     assert "spin-exact" in ALL_METHODS
     cfg = ReproduceConfig(methods=["spin", "spin-exact"], batch_size=4)
@@ -90,7 +96,7 @@ def test_spin_exact_is_a_compare_method_with_its_own_iterations(tmp_path: Path) 
 
 
 def test_win_matrix_maps_sft_best_per_seed_and_averages_over_seeds(tmp_path: Path) -> None:
-    from spin_diffusion.toy.compare_report import pairwise_win, plot_comparison, win_matrix_lines
+    from spin_diffusion.studies.compare_report import pairwise_win, plot_comparison, win_matrix_lines
 
     def seed(best: str, win: float) -> dict:
         row = {"toy_fidelity": 0.3, "toy_style": 0.5, "win_vs_base": win, "examples": 16}

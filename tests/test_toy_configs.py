@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spin_diffusion.cli import main
+from spin_diffusion.cli.main import main
 from spin_diffusion.toy import base_model_path
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from spin_diffusion.cli import main
+from spin_diffusion.cli.main import main
 from spin_diffusion.errors import DataError
 from spin_diffusion.toy.datasets import (
     curated_example,

@@ -59,7 +59,7 @@ def test_shipped_base_latents_are_unit_scaled(base_pipe):
 
 
 def test_shipped_base_samples_deterministically_through_the_project_loader():
-    from spin_diffusion.models import load_pipeline
+    from spin_diffusion.model.pipelines import load_pipeline
 
     pipe = load_pipeline(base_model_path())
     pipe.set_progress_bar_config(disable=True)
@@ -98,7 +98,7 @@ def test_pretrain_smoke_writes_a_loadable_pipeline(tmp_path):
 
 
 def test_pretrain_config_rejects_unknown_and_bad_fields(tmp_path):
-    from spin_diffusion.cli import main
+    from spin_diffusion.cli.main import main
 
     bad = tmp_path / "cfg.yaml"
     bad.write_text("unet_steps: 0\n")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from spin_diffusion.data.config import DataConfig
+from spin_diffusion.config.data import DataConfig
 from spin_diffusion.data.sources import open_source
 from spin_diffusion.toy.oracle import OracleScorer
 from spin_diffusion.toy.preferences import preference_rows, write_preference_parquet

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from spin_diffusion.errors import ConfigError
-from spin_diffusion.toy.reproduce import ReproduceConfig, across_seeds, examples_seen, reproduce
+from spin_diffusion.studies.reproduce import ReproduceConfig, across_seeds, examples_seen, reproduce
 
 
 def tiny_study() -> ReproduceConfig:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from spin_diffusion.cli import main
+from spin_diffusion.cli.main import main
 from tiny_runs import colour_squares, tiny_spin_config
 
 
@@ -84,9 +84,13 @@ def test_tensorboard_gets_run_wide_steps_validation_images_and_the_config(
 def test_validation_images_are_the_same_prompts_and_seeds_every_time(
     tiny_pipeline_dir: Path,
 ) -> None:
-    from spin_diffusion.config import SamplingConfig
-    from spin_diffusion.models import load_pipeline
-    from spin_diffusion.validation import ValidationSet, generate_validation_images, validation_prompts
+    from spin_diffusion.config.run import SamplingConfig
+    from spin_diffusion.model.pipelines import load_pipeline
+    from spin_diffusion.selfplay.validation_images import (
+        ValidationSet,
+        generate_validation_images,
+        validation_prompts,
+    )
 
     assert validation_prompts(["a", "b", "a", " ", "c"], 3) == ["a", "b", "c"]
     pipe = load_pipeline(tiny_pipeline_dir)

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image
 
 from launch import train_two_processes
-from spin_diffusion.cli import main
+from spin_diffusion.cli.main import main
 
 COLOURS = {"red": (220, 30, 30), "blue": (30, 30, 220), "green": (30, 200, 30)}
 

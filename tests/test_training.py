@@ -8,19 +8,19 @@ from pathlib import Path
 import pytest
 import torch
 
-from spin_diffusion.batches import make_batch, micro_batch_items
-from spin_diffusion.checkpoints import list_checkpoints
-from spin_diffusion.conditioning import encode_prompts, prompt_encoder
-from spin_diffusion.config import TrainingConfig
-from spin_diffusion.losses import compute_loss
-from spin_diffusion.models import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
-from spin_diffusion.reference import (
+from spin_diffusion.config.run import TrainingConfig
+from spin_diffusion.model.families import encode_prompts, prompt_encoder
+from spin_diffusion.model.pipelines import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
+from spin_diffusion.training.batches import make_batch, micro_batch_items
+from spin_diffusion.training.checkpoints import list_checkpoints
+from spin_diffusion.training.losses import compute_loss
+from spin_diffusion.training.reference import (
     ModuleReference,
     PrecomputedReference,
     ReferencePlan,
     precompute_reference_errors,
 )
-from spin_diffusion.training import Trainer, TrainingDiverged, lr_factor
+from spin_diffusion.training.trainer import Trainer, TrainingDiverged, lr_factor
 from synthetic_pairs import SIX_CAPTIONS, SyntheticPairs
 
 
@@ -213,7 +213,7 @@ def test_sft_loss_goes_down(pipe, tmp_path: Path) -> None:
 
 
 def test_global_batch_size_derives_accumulation_from_the_process_count() -> None:
-    from spin_diffusion.config import load_config
+    from spin_diffusion.config.run import load_config
     from spin_diffusion.errors import ConfigError
 
     repo = Path(__file__).resolve().parents[1]
@@ -235,11 +235,11 @@ def test_global_batch_size_derives_accumulation_from_the_process_count() -> None
 
 
 def test_the_effective_global_batch_is_logged_and_returned(pipe, tmp_path: Path, caplog) -> None:
-    from spin_diffusion.training import write_summary
+    from spin_diffusion.training.trainer import write_summary
 
     cfg = TrainingConfig(max_steps=1, batch_size=2, global_batch_size=6, checkpointing_steps=5, trackers=[])
     trainer = _trainer(pipe, tmp_path / "gb", cfg)
-    with caplog.at_level("INFO", logger="spin_diffusion.training"):
+    with caplog.at_level("INFO", logger="spin_diffusion.training.trainer"):
         result = trainer.train()
     assert trainer.micro_step == 3  # 6 = 2 per process x 1 process x 3 accumulation steps
     assert result.global_batch == 6
@@ -357,7 +357,7 @@ def test_a_launch_asking_for_fsdp_that_accelerate_did_not_set_up_is_warned_about
     cfg = TrainingConfig(max_steps=1, batch_size=2, checkpointing_steps=5, trackers=[])
     trainer = _trainer(pipe, tmp_path / "run", cfg)
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch --use_fsdp` sets
-    with caplog.at_level("INFO", logger="spin_diffusion.training"):
+    with caplog.at_level("INFO", logger="spin_diffusion.training.trainer"):
         trainer.train()
     assert "FSDP was asked for, but accelerate runs this as NO" in caplog.text
     assert "accumulation steps (single process)" in caplog.text
@@ -368,7 +368,7 @@ def test_optimizer_switches(pipe, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     import importlib.util
 
     from spin_diffusion.errors import ConfigError
-    from spin_diffusion.optimizers import build_optimizer
+    from spin_diffusion.training.optimizers import build_optimizer
 
     default = _trainer(pipe, tmp_path / "a", TrainingConfig(max_steps=1, trackers=[]))
     assert not default.optimizer.optimizer.defaults["fused"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from spin_diffusion.data.config import DataConfig, PromptSetConfig
+from spin_diffusion.config.data import DataConfig, PromptSetConfig
 
 _LAZY = {
     "open_source": "sources",

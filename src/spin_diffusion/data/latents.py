@@ -27,12 +27,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from spin_diffusion import __version__
-from spin_diffusion.atomic import atomic_file, write_json_atomic
-from spin_diffusion.compact import CompactStringsBuilder
-from spin_diffusion.data.config import DataConfig
+from spin_diffusion.config.data import DataConfig
 from spin_diffusion.data.sources import DataSource, Example, PairExample, source_fingerprint
 from spin_diffusion.data.transforms import ImageTransform, hflip
 from spin_diffusion.errors import DataError
+from spin_diffusion.infra.atomic import atomic_file, write_json_atomic
+from spin_diffusion.infra.compact import CompactStringsBuilder
 
 log = logging.getLogger(__name__)
 

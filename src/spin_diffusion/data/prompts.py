@@ -10,7 +10,7 @@ import csv
 import json
 from pathlib import Path
 
-from spin_diffusion.data.config import PromptSetConfig
+from spin_diffusion.config.data import PromptSetConfig
 from spin_diffusion.errors import DataError
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 from PIL import Image
 
-from spin_diffusion.data.config import DataConfig
+from spin_diffusion.config.data import DataConfig
 from spin_diffusion.data.images import load_image
 from spin_diffusion.data.problems import (
     BAD_LABEL,

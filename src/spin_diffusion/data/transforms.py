@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from spin_diffusion.data.config import DataConfig
-from spin_diffusion.seeds import example_rng
+from spin_diffusion.config.data import DataConfig
+from spin_diffusion.infra.seeds import example_rng
 
 
 def resized_size(size: tuple[int, int], resolution: int) -> tuple[int, int]:

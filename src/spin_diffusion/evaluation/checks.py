@@ -16,8 +16,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from spin_diffusion.config.evaluation import _PATH_FIELDS, EvaluationConfig, ModelEntry
 from spin_diffusion.errors import CheckpointError, ConfigError, DataError
-from spin_diffusion.evaluation.config import _PATH_FIELDS, EvaluationConfig, ModelEntry
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -45,7 +45,7 @@ def _weights_kind(path: Path) -> str | None:
 
 def check_pipeline(source: str, field: str) -> str:
     """A model path must be a complete diffusers pipeline directory (or a hub id); returns what it is."""
-    from spin_diffusion.models import looks_like_local_path, resolve_model_source
+    from spin_diffusion.model.pipelines import looks_like_local_path, resolve_model_source
 
     resolved = resolve_model_source(source)
     path = Path(resolved).expanduser()

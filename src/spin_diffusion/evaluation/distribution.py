@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import torch
     from PIL import Image
 
-    from spin_diffusion.evaluation.config import DistributionConfig
+    from spin_diffusion.config.evaluation import DistributionConfig
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 

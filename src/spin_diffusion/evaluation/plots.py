@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spin_diffusion.atomic import atomic_file
 from spin_diffusion.evaluation.aggregate import AVERAGE
+from spin_diffusion.infra.atomic import atomic_file
 
 if TYPE_CHECKING:
     from PIL import Image

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from spin_diffusion.evaluation.scorer_base import Scorer, resolve_device
 
 if TYPE_CHECKING:
-    from spin_diffusion.evaluation.config import ScorerConfig
+    from spin_diffusion.config.evaluation import ScorerConfig
 
 SCORER_KINDS = ("pickscore", "hpsv2", "imagereward", "aesthetic", "toy_fidelity", "toy_style")
 

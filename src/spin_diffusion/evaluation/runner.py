@@ -15,15 +15,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spin_diffusion.atomic import atomic_file, save_image_atomic, write_json_atomic, write_text_atomic
+from spin_diffusion.config.evaluation import EvaluationConfig, ModelEntry, ScorerConfig, check_model_name
 from spin_diffusion.errors import ConfigError
-from spin_diffusion.evaluation.config import EvaluationConfig, ModelEntry, ScorerConfig, check_model_name
 from spin_diffusion.evaluation.store import (
     EvalStore,
     ScoreKey,
     file_hash,
     prompt_id,
 )
+from spin_diffusion.infra.atomic import atomic_file, save_image_atomic, write_json_atomic, write_text_atomic
 
 if TYPE_CHECKING:
     import numpy as np
@@ -91,7 +91,7 @@ def resolve_prompts(cfg: EvaluationConfig) -> list[str]:
 
 def image_seed(cfg: EvaluationConfig, pid: str, j: int) -> int:
     """Image j of a prompt gets the same seed for every model."""
-    from spin_diffusion.sampling import sample_seed
+    from spin_diffusion.sampling.opponent import sample_seed
 
     return sample_seed(cfg.seed, pid, j)
 
@@ -119,8 +119,8 @@ def ensure_images(
                 todo.setdefault((pid, j), p)
     if not todo:
         return 0
-    from spin_diffusion.models import load_pipeline
-    from spin_diffusion.sampling import generate_images, use_scheduler
+    from spin_diffusion.model.pipelines import load_pipeline
+    from spin_diffusion.sampling.opponent import generate_images, use_scheduler
 
     log.info("%s: generating %d images", name, len(todo))
     pipe = load_pipeline(entry.path, trained=entry.trained)

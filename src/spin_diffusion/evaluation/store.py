@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from spin_diffusion.atomic import write_json_atomic
 from spin_diffusion.errors import CheckpointError
+from spin_diffusion.infra.atomic import write_json_atomic
 
 
 def prompt_id(text: str) -> str:

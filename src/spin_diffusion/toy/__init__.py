@@ -1,17 +1,10 @@
-"""The embedded toy world: prompt grammar, renderer, exact oracle judge and the shipped base model.
+"""The embedded toy world: prompt grammar, renderer, exact oracle judge, data sets and base pretraining.
 
 Importing this package is cheap (no torch); submodules that need torch import it lazily.
 """
 
 from __future__ import annotations
 
-from importlib.resources import files
-from pathlib import Path
-
-
-def base_model_path() -> Path:
-    """Directory of the shipped, pretrained toy ``StableDiffusionPipeline`` (diffusers layout)."""
-    return Path(str(files("spin_diffusion") / "assets" / "toy-base"))
-
+from spin_diffusion.model.shipped import toy_base_path as base_model_path
 
 __all__ = ["base_model_path"]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from spin_diffusion.atomic import atomic_file
 from spin_diffusion.errors import DataError
+from spin_diffusion.infra.atomic import atomic_file
 from spin_diffusion.toy.datasets import curated_example, curated_rng
 from spin_diffusion.toy.render import render_scene
 

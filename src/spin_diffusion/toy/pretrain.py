@@ -252,7 +252,7 @@ def pretrain(
     """Run both stages and save the pipeline (diffusers layout, safetensors) to ``out_dir`` atomically."""
     import torch
 
-    from spin_diffusion.tiny_pipeline import TinyPipelineSpec, build_tiny_pipeline
+    from spin_diffusion.model.tiny import TinyPipelineSpec, build_tiny_pipeline
     from spin_diffusion.toy.datasets import generate_pairs
     from spin_diffusion.toy.world import VOCABULARY
 

@@ -1,0 +1,635 @@
+"""Typed, validated run configuration: one YAML file per run plus ``--set`` overrides.
+
+The resolved configuration is saved into the run directory, and on resume the
+parts that decide what the results mean (base model, data, method) must match.
+Nothing here imports torch, so config errors answer in about a second.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from spin_diffusion.errors import ConfigError
+
+Method = Literal[
+    "sft", "dpo", "spin", "spin-exact", "dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo"
+]
+# Methods that train once on preference pairs against the frozen base (docs/methods.md).
+PREFERENCE_METHODS: frozenset[str] = frozenset(
+    {"dpo", "dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo"}
+)
+# Methods that sample from the opponent every iteration and may run several iterations.
+SELF_PLAY_METHODS = ("spin", "spin-exact")
+#: Samplers whose steps spin-exact can store and replay (sampling.trajectories implements them); their
+#: stored latents live in the variance-preserving space x_t = sqrt(abar) x0 + sqrt(1-abar) eps.
+TRAJECTORY_SCHEDULERS = ("ddim", "dpmsolver++")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a mapping holding the same key twice.
+
+    PyYAML silently keeps the last value, so a second ``beta:`` pasted into a block would
+    overrule the first without a word. Keys brought in by a ``<<`` merge may still be
+    overridden by explicit ones, as YAML intends.
+    """
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first_line: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first_line.get(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if earlier is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"duplicate key {key!r} (first given on line {earlier})",
+                        key_node.start_mark,
+                    )
+                first_line[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """Parse YAML text with :class:`UniqueKeyLoader`; any error is one line naming ``source``."""
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None)
+        if problem and str(problem).startswith("duplicate key"):
+            raise ConfigError(f"{source}:{where}: {problem}") from None
+        detail = f" ({problem})" if problem else ""
+        raise ConfigError(f"{source}:{where} is not valid YAML{detail}") from None
+
+
+def read_yaml_file(path: Path) -> Any:
+    """Read and parse a YAML file; missing, unreadable or non-UTF-8 files are one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8"
+        ) from None
+    return parse_yaml(text, str(path))
+
+
+def _is_number_type(annotation: Any) -> bool:
+    """True for ``int``, ``float`` and optionals/unions of them (``bool`` is not a number here)."""
+    if annotation in (int, float):
+        return True
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return any(_is_number_type(arg) for arg in typing.get_args(annotation))
+    return False
+
+
+class StrictNumbers(BaseModel):
+    """Refuses booleans for number fields and inf/NaN for float fields.
+
+    Pydantic's lax mode turns ``max_steps: true`` (YAML also reads ``yes``/``on`` as true) into 1,
+    and an infinite learning rate or beta would only surface later as a NaN loss that names no
+    field. Full strict mode is not used because it would refuse ``learning_rate: 2e-5``, which
+    YAML 1.1 reads as a string.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if isinstance(value, bool) and field is not None and _is_number_type(field.annotation):
+            raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
+        return value
+
+
+class Strict(StrictNumbers):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(Strict):
+    """Train a LoRA adapter instead of the full UNet; the reference is then the base with adapters off."""
+
+    enabled: bool = Field(False, description="train a LoRA adapter (peft) instead of every UNet weight")
+    rank: int = Field(4, ge=1, description="LoRA rank r")
+    alpha: float = Field(4.0, gt=0, description="LoRA alpha (scale alpha / r)")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
+        description="UNet module names that get adapters (attention projections by default)",
+    )
+
+
+class ModelConfig(Strict):
+    """The base model theta_0."""
+
+    pretrained: str = Field(..., description="local diffusers pipeline directory, or a hub id when online")
+    revision: str | None = Field(None, description="hub revision (hub ids only)")
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    reference_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="precision of the frozen reference copy (full fine-tuning only)"
+    )
+
+
+class SamplingConfig(Strict):
+    """How the opponent generates its samples each iteration."""
+
+    num_samples_per_prompt: int = Field(
+        1, ge=1, description="opponent samples per caption; one is drawn per epoch"
+    )
+    scheduler: Literal["dpmsolver++", "ddim", "euler", "pipeline"] = Field(
+        "dpmsolver++", description="sampler; 'pipeline' keeps the model's own scheduler"
+    )
+    num_inference_steps: int = Field(20, ge=1, description="denoising steps per sample")
+    guidance_scale: float = Field(7.5, ge=0, description="classifier-free guidance scale (the paper: 7.5)")
+    eta: float = Field(0.0, ge=0, description="DDIM eta (ignored by other samplers)")
+    batch_size: int = Field(16, ge=1, description="prompts per forward (CFG doubles it internally)")
+    shard_size: int = Field(256, ge=1, description="prompts per latent shard: the unit of resume")
+    num_previews: int = Field(16, ge=0, description="samples decoded into previews.png")
+    compile: bool = Field(False, description="torch.compile the UNet for sampling")
+    latents: Literal["raw", "reencoded"] = Field(
+        "raw",
+        description="raw: the sampler's final latent; reencoded: decode each sample to an 8-bit image and "
+        "encode it like a real one (one VAE pass more). On the toy world raw gave better style at equal "
+        "fidelity (docs/results.md)",
+    )
+
+
+class DmpoConfig(Strict):
+    """DMPO: reverse KL to a target preference probability (method: dmpo; docs/methods.md)."""
+
+    alpha: float = Field(
+        0.01, gt=0, lt=1, description="target preference 1 - alpha (0.01 as the DMPO code of Diffusion-SDPO)"
+    )
+
+
+class SeeDpoConfig(Strict):
+    """SEE-DPO: Diffusion-DPO plus a self-entropy bonus gamma = entropy_ratio x beta (method: see-dpo)."""
+
+    entropy_ratio: float = Field(
+        0.1, ge=0, description="gamma / beta; 0 is Diffusion-DPO (the paper's value was not available: ours)"
+    )
+
+
+class AdaptiveDpoConfig(Strict):
+    """Adaptive-DPO, our reconstruction: confidence weight and margin (method: adaptive-dpo)."""
+
+    margin: float = Field(
+        1.0, ge=0, description="largest adaptive margin on u, for pairs the model is sure of (ours)"
+    )
+
+
+class KtoConfig(Strict):
+    """Diffusion-KTO on per-image labels: winners desirable, losers undesirable (method: kto)."""
+
+    lambda_desirable: float = Field(1.0, gt=0, description="weight of desirable images (official code: 1)")
+    lambda_undesirable: float = Field(
+        1.0, gt=0, description="weight of undesirable images (official code: 1)"
+    )
+
+
+class InversionConfig(Strict):
+    """Inversion-DPO: x_t by DDIM inversion of the clean latents under the reference (method: inversion-dpo)."""
+
+    steps: int = Field(
+        10, ge=1, le=1000, description="DDIM inversion steps from the clean latent to each sample's t"
+    )
+
+
+class TrainingConfig(Strict):
+    """Optimizer, schedule and objective: shared by SFT, DPO and SPIN."""
+
+    learning_rate: float = Field(2e-5, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(1e-2, ge=0, description="AdamW weight decay")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon")
+    lr_scheduler: Literal["linear", "constant", "cosine"] = Field(
+        "linear", description="decay after warm-up (linear: to 0 at max_steps)"
+    )
+    warmup_steps: int = Field(0, ge=0, description="linear warm-up, in optimizer steps")
+    max_steps: int = Field(100, ge=1, description="optimizer steps per iteration")
+    batch_size: int = Field(8, ge=1, description="pairs (or images for SFT) per process per micro-step")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-steps per optimizer step")
+    global_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="examples per optimizer step over all processes; when set, gradient_accumulation_steps "
+        "is derived as global_batch_size / (batch_size x processes) (an error if it does not divide) "
+        "and the value above is ignored; null: use gradient_accumulation_steps",
+    )
+    max_grad_norm: float | None = Field(1.0, gt=0, description="gradient clipping norm; null disables")
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(
+        None,
+        description="accelerate mixed precision; null: what accelerate is configured with "
+        "(`accelerate launch --mixed_precision`, its config file, else no). The value used is recorded "
+        "in runs/NAME/config.yaml and iter-k/iteration.json",
+    )
+    gradient_checkpointing: bool = Field(False, description="trade compute for activation memory")
+    optimizer: Literal["adamw", "adamw_8bit"] = Field(
+        "adamw", description="adamw (torch), or adamw_8bit (bitsandbytes, where it is installed; GPU)"
+    )
+    fused_adamw: bool | None = Field(
+        None, description="torch's fused AdamW kernel; null: on for CUDA, off elsewhere (docs/benchmarks.md)"
+    )
+    channels_last: bool = Field(False, description="keep the UNet in channels-last memory format")
+    compile: bool = Field(
+        False, description="torch.compile the trained UNet's forward (opt-in: compiling costs minutes once)"
+    )
+    use_ema: bool = Field(
+        False,
+        description="keep an EMA of the trainable weights (LoRA: the adapter) and save it as the result",
+    )
+    ema_decay: float = Field(0.9999, gt=0, lt=1, description="EMA decay per optimizer step")
+    beta: float = Field(
+        2000.0, gt=0, description="pairwise temperature; no factor 1/2 (official DPO beta_dpo=5000 is 2500)"
+    )
+    loss_type: Literal["logistic", "hinge", "correlation"] = Field(
+        "logistic", description="l(u): -logsigmoid(u), max(0, 1-u) or 1-u"
+    )
+    snr_gamma: float | None = Field(None, gt=0, description="min-SNR-gamma weighting for SFT; null disables")
+    trajectory_chunk_size: int = Field(
+        8,
+        ge=1,
+        description="spin-exact: (example, solver step) terms per UNet forward in both passes (the forward "
+        "batch is twice this: real and generated); memory grows with it, not with the trajectory length",
+    )
+    trajectory_grad_steps: int | None = Field(
+        None,
+        ge=1,
+        description="spin-exact: back-propagate only this many of each example's solver steps, a seeded "
+        "uniform subset weighted K / this (an unbiased gradient; the loss still uses every step); null: all",
+    )
+    precompute_reference: bool = Field(
+        False, description="compute reference errors once after sampling; no reference model while training"
+    )
+    checkpointing_steps: int = Field(50, ge=1, description="save a resumable checkpoint every N steps")
+    checkpoints_total_limit: int | None = Field(
+        2, ge=1, description="keep at most N checkpoints; null keeps all"
+    )
+    save_model_every: int | None = Field(
+        None,
+        ge=1,
+        description="also save a diffusers-format model to iter-k/snapshots/step-N every N steps "
+        "(for learning curves); null: only the final model",
+    )
+    keep_checkpoints: bool = Field(
+        False, description="keep iter-k/checkpoints after the iteration's model is saved (they are large)"
+    )
+    dmpo: DmpoConfig = Field(default_factory=DmpoConfig)
+    see_dpo: SeeDpoConfig = Field(default_factory=SeeDpoConfig)
+    adaptive_dpo: AdaptiveDpoConfig = Field(default_factory=AdaptiveDpoConfig)
+    kto: KtoConfig = Field(default_factory=KtoConfig)
+    inversion: InversionConfig = Field(default_factory=InversionConfig)
+    log_every: int = Field(1, ge=1, description="log metrics every N optimizer steps")
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="accelerate trackers ([] for none); metrics are logged against the run's global step",
+    )
+    validation_prompts: int = Field(
+        4,
+        ge=0,
+        description="training captions (the first N distinct ones, fixed seeds) whose images are logged to "
+        "the trackers after each iteration; 0: none",
+    )
+    validation_every: int | None = Field(
+        None,
+        ge=1,
+        description="also log the validation images every N optimizer steps; null: only at the end",
+    )
+
+    @model_validator(mode="after")
+    def _check_global_batch(self) -> TrainingConfig:
+        if self.global_batch_size is not None and self.global_batch_size % self.batch_size:
+            raise ValueError(
+                f"global_batch_size {self.global_batch_size} is not a multiple of batch_size {self.batch_size}"
+            )
+        return self
+
+    def accumulation_steps(self, num_processes: int) -> int:
+        """Micro-steps per optimizer step for this many processes (derived when global_batch_size is set)."""
+        if self.global_batch_size is None:
+            return self.gradient_accumulation_steps
+        per_micro_step = self.batch_size * num_processes
+        if self.global_batch_size % per_micro_step:
+            raise ConfigError(
+                f"training.global_batch_size {self.global_batch_size} is not a multiple of batch_size "
+                f"{self.batch_size} x {num_processes} processes = {per_micro_step}; change batch_size, "
+                "global_batch_size or the number of processes"
+            )
+        return self.global_batch_size // per_micro_step
+
+
+class IterationOverride(Strict):
+    """Per-iteration values (the paper: beta 2000/5000/5000, lr 2e-5/2e-5/5e-8, steps 50/500/200)."""
+
+    beta: float | None = Field(None, gt=0, description="training.beta for this iteration")
+    learning_rate: float | None = Field(None, gt=0, description="training.learning_rate for this iteration")
+    max_steps: int | None = Field(None, ge=1, description="training.max_steps for this iteration")
+    warmup_steps: int | None = Field(None, ge=0, description="training.warmup_steps for this iteration")
+    num_samples_per_prompt: int | None = Field(
+        None, ge=1, description="sampling.num_samples_per_prompt for this iteration"
+    )
+
+
+def _data_config_type() -> Any:
+    from spin_diffusion.config.data import DataConfig
+
+    return DataConfig
+
+
+class RunConfig(Strict):
+    """One run: ``runs/NAME`` holds everything it produces."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9][\w.-]*$", description="run directory name")
+    output_dir: str = Field("runs", description="parent of the run directory")
+    method: Method = Field(
+        "spin",
+        description="spin (self-play, approximate objective eq. 4.9), spin-exact (self-play, exact "
+        "trajectory objective eq. 4.8; docs/spin-objectives.md), sft, or a preference method on pairs: "
+        "dpo, dmpo, see-dpo, adaptive-dpo, kto, inversion-dpo (docs/methods.md)",
+    )
+    seed: int = Field(0, description="seeds sampling noise, timesteps, batches")
+    model: ModelConfig
+    data: dict[str, Any] = Field(..., description="the data source (docs/data.md)")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+    iterations: list[IterationOverride] = Field(
+        default_factory=lambda: [IterationOverride()],
+        description="one entry per iteration ({} = defaults); sft and dpo take exactly one",
+    )
+    evaluation: dict[str, Any] | None = Field(
+        None, description="evaluate base and every iteration after training (docs/evaluation.md)"
+    )
+
+    @field_validator("data")
+    @classmethod
+    def _check_data(cls, value: dict[str, Any]) -> dict[str, Any]:
+        return _data_config_type().model_validate(value).model_dump(mode="json")
+
+    @field_validator("evaluation")
+    @classmethod
+    def _check_evaluation(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is None:
+            return None
+        from spin_diffusion.config.evaluation import EvaluationConfig
+
+        return EvaluationConfig.model_validate(value).model_dump(mode="json")
+
+    @model_validator(mode="after")
+    def _check_iterations(self) -> RunConfig:
+        if not self.iterations:
+            raise ValueError("iterations must list at least one iteration (use [{}] for defaults)")
+        if self.method not in SELF_PLAY_METHODS and len(self.iterations) != 1:
+            raise ValueError(f"method {self.method} trains once: iterations must have exactly one entry")
+        if self.method == "inversion-dpo" and self.training.precompute_reference:
+            raise ValueError(
+                "training.precompute_reference: inversion-dpo inverts each latent with the live reference "
+                "model, so its errors cannot be precomputed; set it to false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_exact_objective(self) -> RunConfig:
+        """spin-exact scores the sampler's own deterministic trajectory with a live reference."""
+        if self.method != "spin-exact":
+            return self
+        s, t = self.sampling, self.training
+        if s.scheduler not in TRAJECTORY_SCHEDULERS:
+            raise ValueError(
+                f"sampling.scheduler {s.scheduler} is not supported by spin-exact; use one of "
+                f"{', '.join(TRAJECTORY_SCHEDULERS)}"
+            )
+        if s.scheduler == "ddim" and s.eta != 0:
+            raise ValueError(
+                "sampling.eta must be 0 for spin-exact (its reverse steps are deterministic DDIM means)"
+            )
+        if s.latents != "raw":
+            raise ValueError(
+                "sampling.latents must be raw for spin-exact (it scores the sampler's own trajectory)"
+            )
+        if t.precompute_reference:
+            raise ValueError(
+                "training.precompute_reference is not supported by spin-exact (it needs the reference at "
+                "every solver step); set it to false"
+            )
+        if self.model.lora.dropout:
+            raise ValueError(
+                "model.lora.dropout must be 0 for spin-exact (both passes must see the same network)"
+            )
+        if t.trajectory_grad_steps is not None and t.trajectory_grad_steps > s.num_inference_steps:
+            raise ValueError(
+                f"training.trajectory_grad_steps {t.trajectory_grad_steps} exceeds the trajectory's "
+                f"sampling.num_inference_steps {s.num_inference_steps}"
+            )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def data_config(self) -> Any:
+        return _data_config_type().model_validate(self.data)
+
+    def evaluation_config(self) -> Any | None:
+        if self.evaluation is None:
+            return None
+        from spin_diffusion.config.evaluation import EvaluationConfig
+
+        return EvaluationConfig.model_validate(self.evaluation)
+
+    def training_for(self, iteration: int) -> TrainingConfig:
+        """The training settings of 1-based ``iteration`` with its overrides applied."""
+        override = self.iterations[iteration - 1]
+        values = {
+            k: v
+            for k, v in override.model_dump().items()
+            if v is not None and k in TrainingConfig.model_fields
+        }
+        return self.training.model_copy(update=values)
+
+    def sampling_for(self, iteration: int) -> SamplingConfig:
+        n = self.iterations[iteration - 1].num_samples_per_prompt
+        return self.sampling if n is None else self.sampling.model_copy(update={"num_samples_per_prompt": n})
+
+
+# Parts of the config that decide what a run's results mean: changing them on resume mixes results.
+IDENTITY_KEYS = ("method", "model.pretrained", "model.revision", "model.lora", "data", "seed")
+
+
+def _format_error(exc: ValidationError, source: str) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    return f"{source}: {where}: {str(err['msg']).removeprefix('Value error, ')}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b.c=value`` with the value parsed as YAML (numbers, booleans, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = parse_yaml(raw, "") if raw.strip() else ""
+    except ConfigError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML") from exc
+    return key.strip().split("."), value
+
+
+def _list_index(node: list[Any], part: str, where: str, text: str) -> int:
+    """``part`` as an index into the list at ``where``, or a one-line error saying what fits."""
+    if not part.isdigit():
+        raise ConfigError(
+            f"override {text!r}: {where} is a list; use an index from 0 to {len(node) - 1}, not {part!r}"
+            if node
+            else f"override {text!r}: {where} is an empty list; write its entries in the config file"
+        )
+    index = int(part)
+    if index >= len(node):
+        entries = "1 entry" if len(node) == 1 else f"{len(node)} entries"
+        raise ConfigError(f"override {text!r}: {where} has {entries}, index {index} is out of range")
+    return index
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``--set key.path=value`` overrides in place; list entries are addressed by index."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node: Any = raw
+        for depth, part in enumerate(path):
+            where = ".".join(path[:depth]) or "the top level"
+            last = depth == len(path) - 1
+            if isinstance(node, list):
+                index = _list_index(node, part, where, text)
+                if last:
+                    node[index] = value
+                else:
+                    node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                elif part not in node and path[depth + 1].isdigit():
+                    raise ConfigError(
+                        f"override {text!r}: {'.'.join(path[: depth + 1])} is not in the config file, "
+                        f"so it has no entry {path[depth + 1]}; write the list in the file"
+                    )
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(
+                    f"override {text!r}: {where} is a value ({node!r}), not a section with {part!r}"
+                )
+    return raw
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A config file's top-level mapping (duplicate keys and non-UTF-8 text are refused)."""
+    path = Path(path)
+    raw = read_yaml_file(path)
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings at the top level")
+    return raw
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(exc, source)) from exc
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read, override and validate a run config; every problem is one ConfigError line."""
+    raw = read_yaml(path)
+    if "iterations" not in raw and any(o.startswith("iterations.") for o in overrides or []):
+        raw["iterations"] = [{}]  # the default, so --set iterations.0.beta=... works without a list
+    raw = apply_overrides(raw, overrides or [])
+    return validate_config(raw, str(path))
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def _lookup(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node.get(part) if isinstance(node, dict) else None
+    return node
+
+
+def identity_changes(saved: RunConfig, current: RunConfig) -> list[str]:
+    """The identity keys whose values differ between a saved run and the current config."""
+    a, b = saved.model_dump(mode="json"), current.model_dump(mode="json")
+    return [k for k in IDENTITY_KEYS if _lookup(a, k) != _lookup(b, k)]
+
+
+def config_reference_markdown() -> str:
+    """The field reference of docs/configuration.md, generated so it cannot drift from the code."""
+    sections = [
+        ("top level", RunConfig),
+        ("model", ModelConfig),
+        ("model.lora", LoraConfig),
+        ("sampling", SamplingConfig),
+        ("training", TrainingConfig),
+        ("training.dmpo", DmpoConfig),
+        ("training.see_dpo", SeeDpoConfig),
+        ("training.adaptive_dpo", AdaptiveDpoConfig),
+        ("training.kto", KtoConfig),
+        ("training.inversion", InversionConfig),
+        ("iterations[k]", IterationOverride),
+    ]
+    lines: list[str] = []
+    for title, model in sections:
+        lines += [
+            f"### `{title}`",
+            "",
+            (model.__doc__ or "").strip(),
+            "",
+            "| field | default | meaning |",
+            "|---|---|---|",
+        ]
+        for name, info in model.model_fields.items():
+            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
+                continue
+            default = "required" if info.is_required() else _show(info.get_default(call_default_factory=True))
+            lines.append(f"| `{name}` | `{default}` | {info.description or ''} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_show(v) for v in value) + "]"
+    if isinstance(value, BaseModel):
+        return yaml.safe_dump(value.model_dump(exclude_none=True), default_flow_style=True).strip()
+    return "null" if value is None else str(value)

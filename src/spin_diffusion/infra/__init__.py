@@ -1,0 +1,1 @@
+"""Small infrastructure every layer may use: atomic writes, seeded draws, interruption, compact string tables."""

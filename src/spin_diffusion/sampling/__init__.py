@@ -1,0 +1,1 @@
+"""Generation: the opponent's samples and their store, trajectories for the exact objective, DDIM inversion."""

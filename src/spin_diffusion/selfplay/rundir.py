@@ -1,0 +1,116 @@
+"""The run directory's guards: one writer at a time, and no resume onto different data or settings.
+
+A run directory is only meaningful if everything in it came from one config
+and one data set. These checks run before anything is written into it, so a
+refused start leaves the directory exactly as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from spin_diffusion.config.run import RunConfig, dump_config, identity_changes, read_yaml, validate_config
+from spin_diffusion.errors import ConfigError, UserError
+from spin_diffusion.infra.atomic import write_json_atomic, write_text_atomic
+
+ITERATION_DONE = "iteration.json"
+LOCK = ".lock"
+DATA_RECORD = "data.json"
+
+
+class RunDirectoryBusy(UserError):
+    """Another process is training into the same run directory."""
+
+
+def iteration_done(run_dir: Path, k: int) -> bool:
+    return (run_dir / f"iter-{k}" / ITERATION_DONE).is_file()
+
+
+def has_progress(run_dir: Path) -> bool:
+    """True once any iteration has started: samples, checkpoints or a finished model exist."""
+    return any(p.is_dir() and any(p.iterdir()) for p in run_dir.glob("iter-*"))
+
+
+def check_resumable(cfg: RunConfig) -> None:
+    """Refuse to resume a run directory that was started with a different identity (writes nothing)."""
+    run_dir = cfg.run_dir
+    saved_path = run_dir / "config.yaml"
+    if not saved_path.is_file():
+        return
+    saved = validate_config(read_yaml(saved_path), str(saved_path))
+    changed = identity_changes(saved, cfg)
+    if changed:
+        raise ConfigError(
+            f"{run_dir} was started with a different {', '.join(changed)}; "
+            "use a new run name (or delete the run directory) instead of mixing results"
+        )
+    if len(cfg.iterations) < len(saved.iterations) and iteration_done(run_dir, len(cfg.iterations) + 1):
+        raise ConfigError(f"{run_dir} already has more iterations than this config asks for")
+
+
+def write_run_config(cfg: RunConfig) -> Path:
+    """Save the resolved config as run (main process only, after every check has passed)."""
+    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(cfg.run_dir / "config.yaml", dump_config(cfg))
+    return cfg.run_dir
+
+
+def check_data_unchanged(run_dir: Path, fingerprint: dict[str, Any]) -> None:
+    """Refuse to continue a started run on data whose content differs from what it started on.
+
+    ``fingerprint`` identifies the real-latent cache (source files, VAE,
+    transforms). A run with no progress yet simply records the new one.
+    """
+    path = run_dir / DATA_RECORD
+    if path.is_file() and has_progress(run_dir):
+        recorded = json.loads(path.read_text())
+        if recorded.get("latent_cache_key") != fingerprint.get("latent_cache_key"):
+            raise ConfigError(
+                f"the data under data.path changed since {run_dir} started (its images, captions or "
+                "encoding settings differ from the recorded fingerprint in "
+                f"{path}); use a new run name instead of mixing data"
+            )
+
+
+def record_data(run_dir: Path, fingerprint: dict[str, Any]) -> None:
+    write_json_atomic(run_dir / DATA_RECORD, fingerprint)
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
+    """An exclusive advisory lock on ``run_dir/.lock`` for the whole run.
+
+    ``flock`` is released by the kernel when its holder dies, so a lock file
+    left by a killed process never blocks a restart: only a live holder does.
+    Only the main process of a multi-process launch takes it.
+    """
+    if not enabled:
+        yield
+        return
+    import fcntl
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RunDirectoryBusy(
+                f"{run_dir} is in use by another training process (pid {holder}); "
+                "wait for it to finish or stop it, then run the command again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -1,0 +1,1 @@
+"""Studies on the toy world (reproduction, method comparison, the demo) and their reports."""

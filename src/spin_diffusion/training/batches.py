@@ -1,0 +1,165 @@
+"""What one training micro-batch holds, and which examples it takes.
+
+Every random choice of a training example (its timestep, noise, caption
+dropout, which opponent sample it is paired with) comes from a seed derived
+from (run seed, example index, epoch), and the order of examples from a seeded
+per-epoch permutation: a run resumes exactly from a micro-step count, and the
+reference errors can be computed ahead of time with identical results.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from spin_diffusion.infra.seeds import example_seed
+
+if TYPE_CHECKING:
+    import torch
+
+    from spin_diffusion.model.families import Conditioning, PromptEncoder, SizeCond
+    from spin_diffusion.sampling.trajectories import SolverSchedule
+
+
+@dataclass(frozen=True)
+class Members:
+    """One example's latents and, where known, each image's size and crop (SDXL's ``add_time_ids``).
+
+    A size of None means "seen whole at the trained size" (a generated sample).
+    Unpacks as ``(a, b)``, like the plain tuple a ``TrainingData`` may return.
+    """
+
+    a: torch.Tensor
+    b: torch.Tensor | None = None
+    size_a: SizeCond | None = None
+    size_b: SizeCond | None = None
+
+    def __iter__(self) -> Iterator[torch.Tensor | None]:
+        return iter((self.a, self.b))
+
+
+class TrainingData(Protocol):
+    """What the loop trains on: per example a caption and one latent (SFT) or a pair (DPO, SPIN)."""
+
+    paired: bool
+
+    def __len__(self) -> int: ...
+
+    def caption(self, index: int) -> str: ...
+
+    def latents(
+        self, index: int, epoch: int, rng: torch.Generator
+    ) -> Members | tuple[torch.Tensor, torch.Tensor | None]:
+        """``(a, b)``: a = real/winner latent, b = generated/loser latent (None for SFT); a
+        :class:`Members` also carries each image's size and crop."""
+        ...
+
+
+@dataclass
+class Batch:
+    indices: list[int]
+    epoch: list[int]
+    captions: list[str]
+    latents_a: torch.Tensor
+    latents_b: torch.Tensor | None
+    timesteps: torch.Tensor
+    noise: torch.Tensor
+    size_cond_a: list[SizeCond | None] = field(default_factory=list)  # per example; None: the trained size
+    size_cond_b: list[SizeCond | None] = field(default_factory=list)
+    # trajectory objectives (spin-exact): latents_b is then the opponent's [B, K+1, ...] trajectory
+    schedule: SolverSchedule | None = None
+    step_order: torch.Tensor | None = None  # [B, K]: a seeded permutation of the steps per example
+
+
+def make_batch(
+    data: TrainingData,
+    items: Sequence[tuple[int, int]],
+    *,
+    seed: int,
+    num_train_timesteps: int,
+    caption_dropout: float = 0.0,
+) -> Batch:
+    """Assemble a batch of (index, epoch) items with per-item seeded t, noise and choices.
+
+    Data with a ``schedule`` (stored trajectories) also gets a seeded order of
+    its solver steps per item, drawn last so the other draws do not change.
+    """
+    import torch
+
+    schedule = getattr(data, "schedule", None)
+    caps, lat_a, lat_b, ts, noises, size_a, size_b, orders = [], [], [], [], [], [], [], []
+    for index, epoch in items:
+        gen = torch.Generator().manual_seed(example_seed(seed, index, epoch))
+        got = data.latents(index, epoch, gen)
+        members = got if isinstance(got, Members) else Members(*got)
+        a, b = members.a.float(), members.b
+        size_a.append(members.size_a)
+        size_b.append(members.size_b)
+        t = int(torch.randint(0, num_train_timesteps, (1,), generator=gen))
+        noise = torch.randn(a.shape, generator=gen)
+        drop = caption_dropout > 0 and float(torch.rand(1, generator=gen)) < caption_dropout
+        caps.append("" if drop else data.caption(index))
+        lat_a.append(a)
+        if b is not None:
+            lat_b.append(b.float())
+        ts.append(t)
+        noises.append(noise)
+        if schedule is not None:
+            orders.append(torch.randperm(schedule.num_steps, generator=gen))
+    return Batch(
+        indices=[i for i, _ in items],
+        epoch=[e for _, e in items],
+        captions=caps,
+        latents_a=torch.stack(lat_a),
+        latents_b=torch.stack(lat_b) if lat_b else None,
+        timesteps=torch.tensor(ts, dtype=torch.long),
+        noise=torch.stack(noises),
+        size_cond_a=size_a,
+        size_cond_b=size_b,
+        schedule=schedule,
+        step_order=torch.stack(orders) if orders else None,
+    )
+
+
+def micro_batch_items(
+    num_examples: int, micro_step: int, *, batch_size: int, rank: int, world_size: int, seed: int
+) -> list[tuple[int, int]]:
+    """The (index, epoch) items of one process's micro-batch number ``micro_step``.
+
+    Each epoch is a seeded permutation; a global micro-batch takes
+    ``batch_size * world_size`` consecutive entries and each rank its slice.
+    A dataset smaller than a global batch is tiled. Pure: resuming needs only
+    the micro-step count.
+    """
+    global_batch = batch_size * world_size
+    per_epoch = max(1, num_examples // global_batch)
+    epoch, pos = divmod(micro_step, per_epoch)
+    perm = _epoch_permutation(num_examples, epoch, seed)
+    if num_examples < global_batch:
+        perm = perm.repeat(math.ceil(global_batch / num_examples))
+    start = pos * global_batch + rank * batch_size
+    return [(int(i), epoch) for i in perm[start : start + batch_size]]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(num_examples: int, epoch: int, seed: int) -> torch.Tensor:
+    """One epoch's seeded order, cached: planning a precompute asks for it once per micro-step."""
+    import torch
+
+    return torch.randperm(
+        num_examples, generator=torch.Generator().manual_seed(example_seed(seed, -1, epoch))
+    )
+
+
+def batch_conditioning(prompts: PromptEncoder, batch: Batch) -> Conditioning:
+    """The conditioning of a training batch: its captions, and each member's recorded size and crop."""
+    pair = (batch.size_cond_b or None) if batch.latents_b is not None else None
+    return prompts.encode(
+        batch.captions,
+        batch.size_cond_a or None,
+        latent_hw=tuple(batch.latents_a.shape[-2:]),
+        pair_sizes=pair,
+    )

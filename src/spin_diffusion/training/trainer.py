@@ -1,0 +1,496 @@
+"""One accelerate training loop for SFT, Diffusion-DPO and SPIN-Diffusion.
+
+The methods differ only in what a batch holds (one latent, or a pair; see
+:mod:`spin_diffusion.training.batches`) and in which objective from
+:mod:`spin_diffusion.objectives.core` turns per-sample errors into a loss
+(:mod:`spin_diffusion.training.losses`). The run is reproducible and resumes exactly
+from a step count.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from spin_diffusion.errors import UserError
+from spin_diffusion.infra.atomic import write_json_atomic
+from spin_diffusion.infra.interrupt import Interrupted, StopFlag
+from spin_diffusion.training.batches import (
+    Batch,
+    TrainingData,
+    batch_conditioning,
+    make_batch,
+    micro_batch_items,
+)
+from spin_diffusion.training.checkpoints import (
+    LOG,
+    TRAIN_STATE,
+    is_disk_full,
+    list_checkpoints,
+    newest_resumable,
+    prune_checkpoints,
+    remove_stray_temporaries,
+    truncate_log,
+    write_complete_marker,
+)
+from spin_diffusion.training.distributed import (
+    adapter_only_state,
+    fill_deepspeed_config,
+    gathered_copy,
+    is_sharded,
+    sharding_ignored,
+)
+from spin_diffusion.training.ema import EMA_FILE, load_ema, save_ema
+from spin_diffusion.training.losses import Backprop, compute_loss
+from spin_diffusion.training.optimizers import build_optimizer
+from spin_diffusion.training.reference import Reference
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+
+    from spin_diffusion.config.run import TrainingConfig
+    from spin_diffusion.model.families import PromptEncoder
+
+log = logging.getLogger(__name__)
+
+SUMMARY = "train_summary.json"
+
+
+class TrainingDiverged(UserError):
+    """The loss became NaN or infinite; the last good checkpoint is kept as it was."""
+
+
+class TrainingInterrupted(Interrupted):
+    """SIGINT/SIGTERM: a checkpoint was saved; the same command resumes (exit code 130)."""
+
+
+def lr_factor(step: int, cfg: TrainingConfig) -> float:
+    """Learning-rate multiplier at optimizer step ``step``: warm-up, then the chosen decay."""
+    if cfg.warmup_steps and step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.lr_scheduler == "constant":
+        return 1.0
+    span = max(1, cfg.max_steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.lr_scheduler == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    resumed_from: int | None
+    final_metrics: dict[str, float]
+    world_size: int
+    rank_fingerprints: list[str]
+    global_batch: int = 0  # examples per optimizer step: batch_size x processes x accumulation
+
+
+class Trainer:
+    """Trains ``unet`` for ``cfg.max_steps`` optimizer steps with checkpoints under ``out_dir``."""
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        cfg: TrainingConfig,
+        accelerator: Accelerator,
+        unet: Any,
+        noise_scheduler: Any,
+        prompts: PromptEncoder,
+        data: TrainingData,
+        reference: Reference | None,
+        out_dir: Path,
+        seed: int,
+        caption_dropout: float = 0.0,
+        show_progress: bool = True,
+        log_prefix: str = "",
+        previous_model: Path | None = None,
+        log_step_offset: int = 0,
+        on_step: Callable[[Trainer], None] | None = None,
+    ):
+        self.method = method
+        self.cfg = cfg
+        self.acc = accelerator
+        self.unet = unet
+        self.noise_scheduler = noise_scheduler
+        self.prompts = prompts  # the model family's caption -> conditioning
+        self.data = data
+        self.reference = reference
+        self.out_dir = Path(out_dir)
+        self.ckpt_root = self.out_dir / "checkpoints"
+        self.seed = seed
+        self.caption_dropout = caption_dropout
+        self.show_progress = show_progress
+        self.log_prefix = log_prefix
+        self.log_step_offset = log_step_offset  # trackers' step = offset + step: one run-wide axis
+        self.on_step = on_step  # called after every optimizer step on every rank (validation images)
+        self.previous_model = previous_model  # iteration k-1's model/ when a LoRA trains on top of it
+        self.step = 0
+        self.micro_step = 0
+        self._setup()
+
+    def _setup(self) -> None:
+        import torch
+
+        if self.cfg.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+        if self.cfg.channels_last:
+            self.unet.to(memory_format=torch.channels_last)
+        self.unet.train()
+        params = [p for p in self.unet.parameters() if p.requires_grad]
+        if not params:
+            raise UserError("the model has no trainable parameters")
+        optimizer = build_optimizer(params, self.cfg, self.acc.device)
+        self.accumulation = self.cfg.accumulation_steps(self.acc.num_processes)
+        self.global_batch = self.cfg.batch_size * self.acc.num_processes * self.accumulation
+        self.sharded = is_sharded(self.acc)
+        # accelerate counts the accumulation window; DeepSpeed reads the count (and batch) at prepare
+        self.acc.gradient_accumulation_steps = self.accumulation
+        fill_deepspeed_config(self.acc, self.cfg)
+        self.unet, self.optimizer = self.acc.prepare(self.unet, optimizer)
+        if self.acc.gradient_accumulation_steps != self.accumulation:
+            raise UserError(
+                f"the DeepSpeed config sets gradient_accumulation_steps {self.acc.gradient_accumulation_steps}, "
+                f"training needs {self.accumulation}; set it to auto in the DeepSpeed config"
+            )
+        self.acc.step = self.micro_step  # accelerate's window counter: a resume sets both (maybe_resume)
+        if self.cfg.compile:  # in place: the module (and any DDP wrapper around it) keeps its type
+            self.acc.unwrap_model(self.unet).compile()
+        self.ema = self._make_ema()
+        self.device = self.acc.device
+        self.prompts.to(self.device)
+        self._window: list[dict[str, float]] = []  # metrics of the micro-batches of this optimizer step
+        self.final_unet: Any = None  # the trained model as a plain module, set at the end of train()
+
+    def _make_ema(self) -> Any:
+        """EMA of the trainable weights only (LoRA: the adapter), so it costs what they cost."""
+        if not self.cfg.use_ema:
+            return None
+        if self.sharded:
+            raise UserError(
+                "training.use_ema is not supported with FSDP or DeepSpeed: each process holds only a shard "
+                "of the weights; train with plain data parallelism or set training.use_ema=false"
+            )
+        from diffusers.training_utils import EMAModel
+
+        return EMAModel(self._trainable_parameters(), decay=self.cfg.ema_decay)
+
+    def _trainable_parameters(self) -> list[Any]:
+        return [p for p in self.acc.unwrap_model(self.unet).parameters() if p.requires_grad]
+
+    # -- checkpoints
+
+    def save_checkpoint(self) -> Path:
+        """accelerate state (model, optimizer, RNG) plus our step counters, written atomically.
+
+        Everything goes into ``.step-N.tmp``; the complete marker is written last
+        and only then is the directory renamed, so a resume never meets a torn save.
+        """
+        final = self.ckpt_root / f"step-{self.step}"
+        tmp = self.ckpt_root / f".step-{self.step}.tmp"
+        if self.acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.acc.wait_for_everyone()
+        try:
+            self._write_checkpoint(tmp)
+        except Exception as exc:  # any failure: no partial save may stay behind
+            full = is_disk_full(exc, self.ckpt_root)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if full:
+                raise UserError(self._disk_full_message(final)) from None
+            raise
+        if self.acc.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            prune_checkpoints(self.ckpt_root, self.cfg.checkpoints_total_limit)
+        self.acc.wait_for_everyone()
+        return final
+
+    def _write_checkpoint(self, tmp: Path) -> None:
+        with adapter_only_state(self.acc, enabled=self._adapter_only()):
+            self.acc.save_state(str(tmp))
+        if self.ema is not None and self.acc.is_main_process:
+            save_ema(self.ema, self._trainable_names(), tmp / EMA_FILE)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            state = {"step": self.step, "micro_step": self.micro_step, "world_size": self.acc.num_processes}
+            (tmp / TRAIN_STATE).write_text(json.dumps(state))
+            write_complete_marker(tmp)
+
+    def _adapter_only(self) -> bool:
+        """LoRA: checkpoints hold the adapter, not the frozen base (a few MB instead of the UNet)."""
+        from spin_diffusion.model.pipelines import has_lora
+
+        return not self.sharded and has_lora(self.acc.unwrap_model(self.unet))
+
+    def _trainable_names(self) -> list[str]:
+        return [n for n, p in self.acc.unwrap_model(self.unet).named_parameters() if p.requires_grad]
+
+    def _disk_full_message(self, final: Path) -> str:
+        free = shutil.disk_usage(self.ckpt_root).free if self.ckpt_root.exists() else 0
+        last = list_checkpoints(self.ckpt_root)
+        kept = f" from {last[-1][1]}" if last else ""
+        return (
+            f"disk full: could not save checkpoint {final} ({free / 2**20:.0f} MiB free on that disk); "
+            f"the partial save was removed; free some space and run the same command to resume{kept}"
+        )
+
+    def save_snapshot(self) -> Path:
+        """The model at this step in the layout of ``iter-k/model`` (loadable by diffusers and evaluate)."""
+        from spin_diffusion.model.pipelines import save_trained_unet
+
+        path = self.out_dir / "snapshots" / f"step-{self.step}"
+        trained = self.trained_unet()  # every process: gathering a sharded model is collective
+        if self.acc.is_main_process:
+            save_trained_unet(trained, path, previous=self.previous_model)
+        self.acc.wait_for_everyone()
+        return path
+
+    def trained_unet(self) -> Any:
+        """The trained weights as one plain, complete module on every process (call on all of them).
+
+        Data parallel: the local replica itself. FSDP/DeepSpeed: the local module
+        holds a shard, so the full state dict is gathered (``get_state_dict``) and
+        loaded into a fresh module built from the config; nothing is deep-copied.
+        """
+        if not self.sharded:
+            return self.acc.unwrap_model(self.unet)
+        return gathered_copy(self.acc, self.unet)
+
+    def maybe_resume(self) -> int | None:
+        """Load the newest checkpoint that verifies; newer damaged ones are moved aside, saying why."""
+        if self.acc.is_main_process:
+            remove_stray_temporaries(self.ckpt_root)
+        self.acc.wait_for_everyone()
+        found, skipped = newest_resumable(self.ckpt_root)
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            for path, why in skipped:
+                aside = path.with_name(f".{path.name}.damaged")
+                shutil.rmtree(aside, ignore_errors=True)
+                path.rename(aside)
+                older = f"resuming from {found[1].name}" if found else "no older checkpoint: starting over"
+                log.warning("skipping checkpoint %s: %s; moved to %s; %s", path, why, aside.name, older)
+        self.acc.wait_for_everyone()
+        if found is None:
+            return None
+        step, path = found
+        state = json.loads((path / TRAIN_STATE).read_text())
+        if state.get("world_size") != self.acc.num_processes:
+            raise UserError(
+                f"{path} was written by {state.get('world_size')} processes, this run has {self.acc.num_processes}; "
+                "resume with the same number of processes"
+            )
+        with adapter_only_state(self.acc, enabled=self._adapter_only()):
+            self.acc.load_state(str(path))
+        if self.ema is not None:
+            load_ema(self.ema, self._trainable_names(), path / EMA_FILE)
+        self.step, self.micro_step = state["step"], state["micro_step"]
+        self.acc.step = self.micro_step  # the accumulation window continues where it stopped
+        return step
+
+    # -- one step
+
+    def next_batch(self) -> Batch:
+        items = micro_batch_items(
+            len(self.data),
+            self.micro_step,
+            batch_size=self.cfg.batch_size,
+            rank=self.acc.process_index,
+            world_size=self.acc.num_processes,
+            seed=self.seed,
+        )
+        return make_batch(
+            self.data,
+            items,
+            seed=self.seed,
+            num_train_timesteps=self.noise_scheduler.config.num_train_timesteps,
+            caption_dropout=self.caption_dropout,
+        )
+
+    def set_lr(self) -> float:
+        lr = self.cfg.learning_rate * lr_factor(self.step, self.cfg)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    def train_step(self) -> dict[str, float] | None:
+        """One micro-batch; returns the step's metrics when it completed an optimizer step.
+
+        accelerate's ``accumulate`` decides when gradients sync (and, under
+        DeepSpeed, when the engine steps) from its own micro-step counter, which
+        is kept equal to ``micro_step`` across resumes. ``backward`` divides the
+        loss by the accumulation count.
+        """
+        batch = self.next_batch()
+        lr = self.set_lr()
+        with self.acc.accumulate(self.unet):
+            emb = batch_conditioning(self.prompts, batch)
+            with self.acc.autocast():
+                out = compute_loss(
+                    self.method, self.cfg, self.unet, self.noise_scheduler, self.reference, batch, emb
+                )
+            self._check_finite(out.loss)
+            if out.backward is None:
+                self.acc.backward(out.loss)  # accelerate divides by the accumulation steps
+            else:  # the objective back-propagates chunk by chunk (spin-exact); same scaling and sync
+                with self.acc.autocast():
+                    out.backward(Backprop(self.acc.backward, lambda: self.acc.no_sync(self.unet)))
+        self.micro_step += 1
+        self._window.append(out.metrics)
+        if not self.acc.sync_gradients:
+            return None
+        grad_norm = None
+        if self.cfg.max_grad_norm is not None:
+            grad_norm = self.acc.clip_grad_norm_(self.unet.parameters(), self.cfg.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        if self.ema is not None:
+            self.ema.step(self._trainable_parameters())
+        metrics = self._step_metrics()
+        metrics["lr"] = lr
+        if grad_norm is not None:
+            metrics["grad_norm"] = float(grad_norm)
+        return metrics
+
+    def _check_finite(self, loss: Any) -> None:
+        if not bool(self.acc.gather(loss.detach().reshape(1)).isfinite().all()):
+            last = list_checkpoints(self.ckpt_root)
+            kept = f"; last good checkpoint {last[-1][1]} is untouched" if last else ""
+            raise TrainingDiverged(
+                f"loss became {loss.item()} at step {self.step + 1} ({self.out_dir}){kept}"
+            )
+
+    def _step_metrics(self) -> dict[str, float]:
+        """Each metric's mean over the step's micro-batches and processes: the whole global batch.
+
+        Every micro-batch has the same size, so the mean of their means is the
+        mean over all examples (as Diffusion-DPO and TRL log it).
+        """
+        import torch
+
+        keys = sorted(self._window[0])
+        local = torch.tensor([[m[k] for k in keys] for m in self._window], dtype=torch.float64).mean(0)
+        everywhere = self.acc.gather(local.to(self.device).reshape(1, -1)).mean(0)
+        self._window = []
+        return dict(zip(keys, everywhere.tolist(), strict=True))
+
+    def train(self) -> TrainResult:
+        from tqdm.auto import tqdm
+
+        resumed = self.maybe_resume()
+        if self.acc.is_main_process:
+            if resumed is not None:
+                log.info("%s: resuming from step %d of %d", self.out_dir.name, resumed, self.cfg.max_steps)
+            truncate_log(self.out_dir / LOG, self.step)  # lines past the checkpoint would repeat
+            log.info(
+                "%s: global batch %d = batch_size %d x %d processes x %d accumulation steps (%s)",
+                self.out_dir.name,
+                self.global_batch,
+                self.cfg.batch_size,
+                self.acc.num_processes,
+                self.accumulation,
+                _parallelism(self.acc),
+            )
+            if (asked := sharding_ignored(self.acc)) is not None:
+                log.warning(
+                    "%s was asked for, but accelerate runs this as %s (it sets up FSDP and DeepSpeed "
+                    "only on GPUs): every process holds the whole model",
+                    asked,
+                    self.acc.distributed_type.value,
+                )
+        metrics: dict[str, float] = {}
+        bar = tqdm(
+            total=self.cfg.max_steps,
+            initial=self.step,
+            desc=f"{self.method} {self.out_dir.name}",
+            unit="step",
+            disable=not (self.show_progress and self.acc.is_main_process),
+        )
+        with StopFlag() as stop, bar:
+            while self.step < self.cfg.max_steps:
+                step_metrics = self.train_step()
+                if step_metrics is None:
+                    continue
+                metrics = step_metrics
+                bar.update(1)
+                bar.set_postfix({k: f"{metrics[k]:.4g}" for k in ("loss", "implicit_acc") if k in metrics})
+                if self.step % self.cfg.log_every == 0 or self.step == self.cfg.max_steps:
+                    self.acc.log(
+                        {self.log_prefix + k: v for k, v in metrics.items()},
+                        step=self.log_step_offset + self.step,
+                    )
+                    self._append_log(metrics)
+                if self.on_step is not None:
+                    self.on_step(self)
+                if self.cfg.save_model_every and self.step % self.cfg.save_model_every == 0:
+                    self.save_snapshot()
+                interrupted = self._any_process_flag(stop.signal is not None)
+                if interrupted or self.step % self.cfg.checkpointing_steps == 0:
+                    path = self.save_checkpoint()
+                    if interrupted:
+                        raise TrainingInterrupted(
+                            f"interrupted at step {self.step}; checkpoint saved to {path}; run the same command to resume"
+                        )
+        if self.ema is not None:
+            self.ema.copy_to(self._trainable_parameters())
+        self.final_unet = self.trained_unet()
+        return TrainResult(
+            steps=self.step,
+            resumed_from=resumed,
+            final_metrics=metrics,
+            world_size=self.acc.num_processes,
+            rank_fingerprints=self._rank_fingerprints(),
+            global_batch=self.global_batch,
+        )
+
+    def _any_process_flag(self, flag: bool) -> bool:
+        import torch
+
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        return bool(self.acc.gather(value).sum() > 0)
+
+    def _append_log(self, metrics: dict[str, float]) -> None:
+        if not self.acc.is_main_process:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / LOG, "a") as f:
+            f.write(json.dumps({"step": self.step, **metrics}) + "\n")
+
+    def _rank_fingerprints(self) -> list[str]:
+        """Each process's weight hash: data-parallel replicas must stay identical (sharded: the gathered copies)."""
+        import torch
+
+        from spin_diffusion.model.pipelines import fingerprint_module
+
+        fp = fingerprint_module(self.final_unet)  # sharded runs: of the gathered model
+        as_int = torch.tensor([int(fp, 16) & ((1 << 62) - 1)], dtype=torch.long, device=self.device)
+        return [format(int(v), "x") for v in self.acc.gather(as_int).tolist()]
+
+
+def _parallelism(accelerator: Accelerator) -> str:
+    """How accelerate runs the processes, in words ("NO" is its name for a single process)."""
+    kind = accelerator.distributed_type.value
+    return "single process" if kind == "NO" else f"distributed: {kind}"
+
+
+def write_summary(out_dir: Path, result: TrainResult, extra: dict[str, Any] | None = None) -> None:
+    data = {
+        "steps": result.steps,
+        "resumed_from": result.resumed_from,
+        "final_metrics": result.final_metrics,
+        "world_size": result.world_size,
+        "global_batch": result.global_batch,
+        "rank_fingerprints": result.rank_fingerprints,
+        **(extra or {}),
+    }
+    write_json_atomic(out_dir / SUMMARY, data)
