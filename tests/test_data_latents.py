@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from spin_diffusion.config.data import DataConfig
-from spin_diffusion.data import latents as latents_mod
-from spin_diffusion.data.latents import LatentCache, ensure_latent_cache, vae_fingerprint
+from spin_diffusion.data import encoding as encoding_mod
+from spin_diffusion.data.encoding import vae_fingerprint
+from spin_diffusion.data.latents import LatentCache, ensure_latent_cache
 from spin_diffusion.data.sources import open_source
 from spin_diffusion.data.testing import make_imagefolder, make_parquet, make_pickapic
 from spin_diffusion.data.transforms import ImageTransform, hflip
@@ -80,10 +81,10 @@ def test_cache_built_once_then_reused_with_zero_encodes(tmp_path, vae):
 
     # "Second iteration": a fresh call finds the complete cache and never calls the VAE.
     vae.calls = vae.images = 0
-    before = latents_mod.ENCODE_CALLS
+    before = encoding_mod.ENCODE_CALLS
     again = ensure_latent_cache(cfg, vae, tmp_path / "cache", batch_size=2, show_progress=False)
     assert again.status == "reused" and again.encoded_count == 0
-    assert vae.calls == 0 and before == latents_mod.ENCODE_CALLS
+    assert vae.calls == 0 and before == encoding_mod.ENCODE_CALLS
     assert again.ids == cache.ids
     assert torch.equal(again.latents(3), cache.latents(3))
 

@@ -18,103 +18,45 @@ import hashlib
 import json
 import logging
 import os
-from bisect import bisect_right
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from spin_diffusion import __version__
 from spin_diffusion.config.data import DataConfig
-from spin_diffusion.data.sources import DataSource, Example, PairExample, source_fingerprint
-from spin_diffusion.data.transforms import ImageTransform, hflip
+from spin_diffusion.data.encoding import encode_pixels, example_pixels, latent_scaling, vae_fingerprint
+from spin_diffusion.data.sources import DataSource, source_fingerprint
+from spin_diffusion.data.transforms import ImageTransform
 from spin_diffusion.errors import DataError
-from spin_diffusion.infra.atomic import atomic_file, write_json_atomic
+from spin_diffusion.infra.atomic import write_json_atomic
 from spin_diffusion.infra.compact import CompactStringsBuilder
+from spin_diffusion.infra.shards import (
+    ShardReader,
+    identity_changes,
+    read_manifest,
+    shard_metadata,
+    shard_metadata_or_none,
+    shard_name,
+    write_shard,
+)
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2  # 2: each image's original size and crop are stored (SDXL's add_time_ids)
 MANIFEST = "manifest.json"
 SHARD_PREFIX = "shard-"
-SHARD_SUFFIX = ".safetensors"
 ENCODING = "latent_dist.mode()"
 SIZE_PREFIX = "size_cond."  # + slot name: (original h, w, crop top, left, target h, w) per example
-
-#: Number of ``vae.encode`` calls made by this module in this process (tests count with it).
-ENCODE_CALLS = 0
-
-
-# ---------------------------------------------------------------- fingerprints and encoding
-
-
-def vae_fingerprint(vae: Any) -> str:
-    """sha256 of the VAE's config (minus private keys such as its path) and of every weight's bytes.
-
-    Hashing all weights costs well under a second for the SD VAE (84M parameters)
-    and catches any change of weights, dtype or architecture.
-    """
-    h = hashlib.sha256()
-    config = {k: v for k, v in dict(vae.config).items() if not str(k).startswith("_")}
-    h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(vae.state_dict().items()):
-        t = tensor.detach().cpu().contiguous()
-        h.update(f"{name}:{tuple(t.shape)}:{t.dtype}\n".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def latent_scaling(vae: Any) -> tuple[float, float | None]:
-    """(scaling_factor, shift_factor) from the VAE config; shift is None for SD 1.x/2.x/SDXL."""
-    cfg = vae.config
-    scale = getattr(cfg, "scaling_factor", None) or cfg.get("scaling_factor", 1.0)
-    shift = getattr(cfg, "shift_factor", None)
-    if shift is None and hasattr(cfg, "get"):
-        shift = cfg.get("shift_factor")
-    return float(scale), (None if shift is None else float(shift))
-
-
-def _vae_place(vae: Any) -> tuple[torch.device, torch.dtype]:
-    try:
-        return vae.device, vae.dtype
-    except AttributeError:
-        p = next(vae.parameters())
-        return p.device, p.dtype
-
-
-@torch.no_grad()
-def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
-    """[B, 3, H, W] pixels in [-1, 1] -> scaled float32 latents on CPU.
-
-    Uses the posterior mean (``latent_dist.mode()``), so a cache is a
-    deterministic function of images and VAE; sampling noise would make every
-    rebuild differ and adds nothing the diffusion noise does not already add.
-    """
-    global ENCODE_CALLS
-    ENCODE_CALLS += 1
-    device, dtype = _vae_place(vae)
-    z = vae.encode(pixels.to(device=device, dtype=dtype)).latent_dist.mode()
-    scale, shift = latent_scaling(vae)
-    if shift is not None:
-        z = z - shift
-    return (z * scale).float().cpu()
-
 
 # ---------------------------------------------------------------- manifest helpers
 
 
 def _read_manifest(cache_dir: Path) -> dict | None:
-    path = cache_dir / MANIFEST
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    data = read_manifest(cache_dir / MANIFEST)
+    if data is None and (cache_dir / MANIFEST).is_file():
         log.warning("latent cache %s: unreadable manifest, rebuilding", cache_dir)
-        return None
-    return data if isinstance(data, dict) else None
+    return data
 
 
 def _clear(cache_dir: Path) -> None:
@@ -169,11 +111,6 @@ def _slots(pairs: bool, flips: bool) -> list[str]:
     return base + [f"{s}_flip" for s in base] if flips else base
 
 
-def _shard_header(path: Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
-
-
 # ---------------------------------------------------------------- the cache
 
 
@@ -187,45 +124,33 @@ class LatentCache:
         self.flips: bool = manifest["settings"]["random_flip"]
         self.encoded_count = 0  # images encoded by the ensure_latent_cache call that returned this
         self.status = "reused"  # reused | built | resumed | rebuilt
-        self._files: list[Path] = []
-        self._starts: list[int] = []
+        files: list[Path] = []
+        counts: list[int] = []
         ids_builder, captions_builder = CompactStringsBuilder(), CompactStringsBuilder()
-        count = 0
         for shard in manifest["shards"]:
             path = self.cache_dir / shard["file"]
-            header = _shard_header(path)
+            header = shard_metadata(path)
             ids, caps = json.loads(header["ids"]), json.loads(header["captions"])
             if len(ids) != shard["count"] or len(caps) != shard["count"]:
                 raise DataError(
                     f"latent cache {path}: holds {len(ids)} examples, manifest says {shard['count']}"
                 )
-            self._starts.append(count)
-            self._files.append(path)
+            files.append(path)
+            counts.append(len(ids))
             ids_builder.extend(ids)
             captions_builder.extend(caps)
-            count += len(ids)
         # Flat buffers, not lists of str: memory per example stays a few bytes over its text.
         self.ids = ids_builder.build()
         self.captions = captions_builder.build()
-        self._handles: dict[int, Any] = {}
+        self._reader = ShardReader(files, counts)  # memory-mapped, bounded handles, picklable
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getstate__(self) -> dict:
-        # File handles do not cross process boundaries (DataLoader workers reopen them).
-        state = self.__dict__.copy()
-        state["_handles"] = {}
-        return state
-
     def _row(self, i: int, name: str) -> torch.Tensor:
         if not 0 <= i < len(self.ids):
             raise IndexError(f"latent cache index {i} out of range (size {len(self.ids)})")
-        s = bisect_right(self._starts, i) - 1
-        if s not in self._handles:
-            self._handles[s] = safe_open(str(self._files[s]), framework="pt")
-        j = i - self._starts[s]
-        return self._handles[s].get_slice(name)[j : j + 1][0]
+        return self._reader.row(i, name)
 
     def _get(self, i: int, slot: str) -> torch.Tensor:
         return self._row(i, slot).float()
@@ -299,12 +224,11 @@ class _ShardWriter:
         if not self.ids:
             return
         shards = self.manifest["shards"]
-        name = f"{SHARD_PREFIX}{len(shards):05d}{SHARD_SUFFIX}"
+        name = shard_name(len(shards))
         tensors = {s: torch.stack(v).contiguous() for s, v in self.tensors.items()}
         tensors.update({SIZE_PREFIX + s: torch.tensor(v, dtype=torch.int32) for s, v in self.sizes.items()})
         meta = {"ids": json.dumps(self.ids), "captions": json.dumps(self.captions)}
-        with atomic_file(self.cache_dir / name) as tmp:
-            save_file(tensors, str(tmp), metadata=meta)
+        write_shard(self.cache_dir / name, tensors, meta)
         shards.append({"file": name, "count": len(self.ids)})
         self.manifest["count"] = sum(s["count"] for s in shards)
         self.manifest["latent_shape"] = list(tensors[self.slots[0]].shape[1:])
@@ -319,11 +243,10 @@ def _valid_prefix(cache_dir: Path, shards: list[dict]) -> tuple[list[dict], set[
     kept: list[dict] = []
     done: set[str] = set()
     for shard in shards:
-        path = cache_dir / shard["file"]
-        try:
-            ids = json.loads(_shard_header(path)["ids"])
-        except Exception:  # noqa: BLE001 - missing or damaged shard: stop keeping here
+        header = shard_metadata_or_none(cache_dir / shard["file"])
+        if header is None or "ids" not in header:  # missing or damaged shard: stop keeping here
             break
+        ids = json.loads(header["ids"])
         if len(ids) != shard["count"]:
             break
         kept.append(shard)
@@ -347,8 +270,6 @@ def ensure_latent_cache(
     1, 2 or 4 images: flips and pair members). In multi-process training call it
     on the main process first (e.g. ``accelerator.main_process_first()``).
     """
-    from tqdm.auto import tqdm
-
     if batch_size < 1 or shard_size < 1:
         raise ValueError("batch_size and shard_size must be >= 1")
     cache_dir = Path(cache_dir)
@@ -356,10 +277,6 @@ def ensure_latent_cache(
     settings = _settings(cfg, vae, pairs)
     key = _key(settings)
     old = _read_manifest(cache_dir)
-
-    status = "built"
-    kept: list[dict] = []
-    done: set[str] = set()
     if old is not None and old.get("key") == key:
         kept, done = _valid_prefix(cache_dir, old.get("shards", []))
         if old.get("complete") and len(kept) == len(old.get("shards", [])):
@@ -368,20 +285,17 @@ def ensure_latent_cache(
             return cache
         status = "resumed" if kept else "built"
         shard_size = int(old.get("shard_size", shard_size))
-    elif old is not None:
-        changed = sorted(k for k in settings if old.get("settings", {}).get(k) != settings[k])
-        log.warning(
-            "latent cache %s: settings changed (%s); rebuilding", cache_dir, ", ".join(changed) or "format"
-        )
-        status = "rebuilt"
-    if not kept:
-        _clear(cache_dir)
-    else:  # drop partial leftovers beyond the kept prefix
-        keep_files = {s["file"] for s in kept}
-        for p in cache_dir.glob(f"{SHARD_PREFIX}*"):
-            if p.name not in keep_files:
-                p.unlink()
-
+    else:
+        kept, done, status = [], set(), "built"
+        if old is not None:
+            changed = [k for k in identity_changes(old.get("settings", {}), settings) if k in settings]
+            log.warning(
+                "latent cache %s: settings changed (%s); rebuilding",
+                cache_dir,
+                ", ".join(changed) or "format",
+            )
+            status = "rebuilt"
+    _drop_beyond(cache_dir, kept)
     manifest = {
         "key": key,
         "settings": settings,
@@ -395,9 +309,56 @@ def ensure_latent_cache(
         "spin_diffusion_version": __version__,
     }
     write_json_atomic(cache_dir / MANIFEST, manifest, sort_keys=True)
-    writer = _ShardWriter(cache_dir, manifest, manifest["slots"], shard_size)
-    transform = ImageTransform(cfg)
     source = DataSource(cfg, pairs)
+    encoded = _encode_source(
+        cfg,
+        vae,
+        source,
+        _ShardWriter(cache_dir, manifest, manifest["slots"], shard_size),
+        done,
+        batch_size,
+        show_progress,
+    )
+    stats = source.stats
+    if stats.usable == 0:
+        raise DataError(
+            f"data.path {cfg.path}: no usable examples (run `spin-diffusion data check` for details)"
+        )
+    if stats.bad:
+        log.warning("data %s: skipped %d unusable examples: %s", cfg.path, stats.bad, stats.problems)
+    manifest.update(complete=True, stats=stats.to_dict())
+    write_json_atomic(cache_dir / MANIFEST, manifest, sort_keys=True)
+    cache = LatentCache(cache_dir, manifest)
+    cache.encoded_count = encoded
+    cache.status = status
+    log.info("latent cache %s: %s, %d examples, %d images encoded", cache_dir, status, len(cache), encoded)
+    return cache
+
+
+def _drop_beyond(cache_dir: Path, kept: list[dict]) -> None:
+    """Clear the cache (nothing kept) or drop partial leftovers beyond the kept prefix."""
+    if not kept:
+        _clear(cache_dir)
+        return
+    keep_files = {s["file"] for s in kept}
+    for p in cache_dir.glob(f"{SHARD_PREFIX}*"):
+        if p.name not in keep_files:
+            p.unlink()
+
+
+def _encode_source(
+    cfg: DataConfig,
+    vae: Any,
+    source: DataSource,
+    writer: _ShardWriter,
+    done: set[str],
+    batch_size: int,
+    show_progress: bool,
+) -> int:
+    """Encode every example of ``source`` not in ``done`` into ``writer``; returns the images encoded."""
+    from tqdm.auto import tqdm
+
+    transform = ImageTransform(cfg)
     encoded = 0
     pending: list[tuple[str, str, dict[str, torch.Tensor], dict[str, tuple[int, ...]]]] = []  # per slot
     n_pending = 0
@@ -421,7 +382,7 @@ def ensure_latent_cache(
             bar.update(1)
             if ex is None:
                 continue
-            pending.append((ex_id, ex.caption, *_pixels(ex, transform, cfg.random_flip)))
+            pending.append((ex_id, ex.caption, *example_pixels(ex, transform, cfg.random_flip)))
             n_pending += len(pending[-1][2])
             if n_pending >= batch_size:
                 encode_pending()
@@ -429,35 +390,4 @@ def ensure_latent_cache(
         writer.flush()
     finally:
         bar.close()
-    stats = source.stats
-    if stats.usable == 0:
-        raise DataError(
-            f"data.path {cfg.path}: no usable examples (run `spin-diffusion data check` for details)"
-        )
-    if stats.bad:
-        log.warning("data %s: skipped %d unusable examples: %s", cfg.path, stats.bad, stats.problems)
-    manifest.update(complete=True, stats=stats.to_dict())
-    write_json_atomic(cache_dir / MANIFEST, manifest, sort_keys=True)
-    cache = LatentCache(cache_dir, manifest)
-    cache.encoded_count = encoded
-    cache.status = status
-    log.info("latent cache %s: %s, %d examples, %d images encoded", cache_dir, status, len(cache), encoded)
-    return cache
-
-
-def _pixels(
-    ex: Example | PairExample, transform: ImageTransform, flips: bool
-) -> tuple[dict[str, torch.Tensor], dict[str, tuple[int, ...]]]:
-    """Pixel tensors and size conditioning for every slot of one example.
-
-    The flipped crop is the mirror of the same crop.
-    """
-    images = (
-        {"win": ex.image_win, "lose": ex.image_lose} if isinstance(ex, PairExample) else {"latents": ex.image}
-    )
-    out = {k: transform(img, ex.id) for k, img in images.items()}
-    sizes = {k: transform.size_cond(img, ex.id) for k, img in images.items()}
-    if flips:
-        out.update({f"{k}_flip": hflip(v) for k, v in list(out.items())})
-        sizes.update({f"{k}_flip": transform.size_cond(img, ex.id, flip=True) for k, img in images.items()})
-    return out, sizes
+    return encoded

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from spin_diffusion.errors import CheckpointError
-from spin_diffusion.infra.atomic import atomic_file
+from spin_diffusion.infra.shards import read_shard, shard_metadata_or_none, shard_name, write_shard
 from spin_diffusion.training.batches import (
     Batch,
     TrainingData,
@@ -191,7 +191,7 @@ def reference_batch_errors(
     return {"epoch": torch.cat(epochs), "index": torch.cat(indices), "errors": torch.cat(errors)}
 
 
-REFERENCE_CHUNK = "chunk-{:05d}.safetensors"
+CHUNK_PREFIX = "chunk"  # chunk-00000.safetensors: the shard store's naming rule with its own prefix
 
 
 def _chunk_ranges(plan: ReferencePlan, chunk_micro_steps: int) -> list[tuple[int, int, int]]:
@@ -202,14 +202,8 @@ def _chunk_ranges(plan: ReferencePlan, chunk_micro_steps: int) -> list[tuple[int
 
 def _chunk_done(path: Path, key: str, span: str) -> bool:
     """A chunk is done if its file opens completely and was made for this key and span."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception:  # noqa: BLE001 - missing or damaged: compute it again
-        return False
-    return meta.get("key") == key and meta.get("micro_steps") == span
+    meta = shard_metadata_or_none(path)  # None: missing or damaged, compute it again
+    return meta is not None and meta.get("key") == key and meta.get("micro_steps") == span
 
 
 def _chunk_size_in_use(chunk_dir: Path, key: str) -> int | None:
@@ -218,12 +212,8 @@ def _chunk_size_in_use(chunk_dir: Path, key: str) -> int | None:
     Keeping it when the step count changed (a resume with more steps) leaves the
     finished chunks' spans unchanged, so only chunks past them are computed.
     """
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(chunk_dir / REFERENCE_CHUNK.format(0)), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception:  # noqa: BLE001 - none yet, or damaged: choose afresh
+    meta = shard_metadata_or_none(chunk_dir / shard_name(0, CHUNK_PREFIX))
+    if meta is None:  # none yet, or damaged: choose afresh
         return None
     start, _, end = meta.get("micro_steps", "").partition(":")
     if meta.get("key") != key or start != "0" or not end.isdigit() or int(end) < 1:
@@ -258,7 +248,6 @@ def precompute_reference_errors(
     that is needed to give every rank a share, and keep the size they were
     first made with.
     """
-    from safetensors.torch import save_file
     from tqdm.auto import tqdm
 
     chunk_dir = Path(chunk_dir)
@@ -278,7 +267,7 @@ def precompute_reference_errors(
         (c, s, e)
         for c, s, e in chunks
         if c % plan.world_size == rank
-        and not _chunk_done(chunk_dir / REFERENCE_CHUNK.format(c), chunk_key, f"{s}:{e}")
+        and not _chunk_done(chunk_dir / shard_name(c, CHUNK_PREFIX), chunk_key, f"{s}:{e}")
     ]
     for c, s, e in tqdm(todo, desc="reference errors", unit="chunk", disable=not show_progress):
         part = reference_batch_errors(
@@ -291,10 +280,8 @@ def precompute_reference_errors(
             caption_dropout=caption_dropout,
             autocast=autocast,
         )
-        with atomic_file(chunk_dir / REFERENCE_CHUNK.format(c)) as tmp:
-            save_file(
-                part, str(tmp), metadata={"key": chunk_key, "micro_steps": f"{s}:{e}", "rank": str(rank)}
-            )
+        meta = {"key": chunk_key, "micro_steps": f"{s}:{e}", "rank": str(rank)}
+        write_shard(chunk_dir / shard_name(c, CHUNK_PREFIX), part, meta)
     if barrier is not None:
         barrier()
     return merge_reference_chunks(chunk_dir, chunks, plan)
@@ -305,13 +292,12 @@ def merge_reference_chunks(
 ) -> torch.Tensor:
     """The dense table from the chunk files: NaN for every (epoch, example) no step visits."""
     import torch
-    from safetensors.torch import load_file
 
     table = torch.full((plan.epochs, plan.num_examples, 2), float("nan"))
     for c, _, _ in chunks:
-        path = Path(chunk_dir) / REFERENCE_CHUNK.format(c)
+        path = Path(chunk_dir) / shard_name(c, CHUNK_PREFIX)
         try:
-            part = load_file(str(path))
+            part = read_shard(path)
         except Exception as exc:  # noqa: BLE001 - another rank failed or the file is damaged
             raise CheckpointError(f"reference errors chunk {path} is missing or damaged ({exc})") from None
         table[part["epoch"], part["index"]] = part["errors"]
