@@ -20,8 +20,9 @@ import torch
 from _common import conditioning, model_dir, toy_batch
 
 from spin_diffusion.config.run import TrainingConfig
+from spin_diffusion.infra.seeds import sample_seed
 from spin_diffusion.model.pipelines import frozen_copy, load_pipeline, training_scheduler
-from spin_diffusion.sampling.opponent import generate_latents, sample_seed, use_scheduler
+from spin_diffusion.sampling.generate import generate_latents, use_scheduler
 from spin_diffusion.training.losses import compute_loss
 from spin_diffusion.training.reference import ModuleReference
 

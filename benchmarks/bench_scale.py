@@ -103,7 +103,7 @@ def measure(root: Path, batches: int, batch_size: int) -> dict[str, float]:
     import torch
 
     from spin_diffusion.data.latents import MANIFEST, LatentCache
-    from spin_diffusion.sampling.opponent import OpponentSamples
+    from spin_diffusion.sampling.samples import OpponentSamples
     from spin_diffusion.selfplay.driver import SelfPlayData
     from spin_diffusion.training.batches import make_batch, micro_batch_items
 

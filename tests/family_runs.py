@@ -179,7 +179,7 @@ def check_spin_two_iterations(
     tmp_path: Path, base: Path, pipeline_class: Any, monkeypatch: pytest.MonkeyPatch, evaluate: bool = True
 ) -> dict[str, Any]:
     """Full fine-tuning, two SPIN iterations (and evaluation of base and both); outputs load in diffusers."""
-    from spin_diffusion.sampling import opponent as sampling
+    from spin_diffusion.sampling import generate as sampling
 
     classes: list[str] = []
     original = sampling.generate_images
@@ -204,7 +204,7 @@ def check_spin_two_iterations(
     it1, it2 = results["iterations"]
     assert it2["opponent_fingerprint"] == it1["model_fingerprint"] != it1["opponent_fingerprint"]
     assert train_log(run / "iter-1")[0]["loss"] == pytest.approx(0.6931, abs=1e-3)  # theta == opponent
-    from spin_diffusion.sampling.opponent import OpponentSamples
+    from spin_diffusion.sampling.samples import OpponentSamples
 
     opp = OpponentSamples(run / "iter-2" / "samples")
     assert len(opp) == len(SIZES) and torch.isfinite(opp.latents(opp.ids[0]).float()).all()

@@ -12,7 +12,7 @@ from PIL import Image
 
 import spin_diffusion.evaluation.registry as registry
 import spin_diffusion.model.pipelines as models_mod
-import spin_diffusion.sampling.opponent as sampling_mod
+import spin_diffusion.sampling.generate as sampling_mod
 from spin_diffusion.config.evaluation import EvaluationConfig
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.evaluation import tiny_scorers as ts

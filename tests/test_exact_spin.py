@@ -17,7 +17,7 @@ from exact_direct import direct_exact_loss
 from spin_diffusion.config.run import TrainingConfig
 from spin_diffusion.model.families import encode_prompts
 from spin_diffusion.model.pipelines import frozen_copy, load_pipeline, training_scheduler
-from spin_diffusion.sampling.opponent import generate_latents, use_scheduler
+from spin_diffusion.sampling.generate import generate_latents, use_scheduler
 from spin_diffusion.sampling.trajectories import solver_schedule, transition_target
 from spin_diffusion.training.batches import Batch
 from spin_diffusion.training.exact_spin import exact_spin_output
@@ -246,7 +246,8 @@ def test_sampling_stores_trajectories_memory_mapped_and_they_are_part_of_the_ide
 ) -> None:
     from spin_diffusion.config.run import SamplingConfig
     from spin_diffusion.errors import CheckpointError
-    from spin_diffusion.sampling.opponent import OpponentSamples, sample_opponent
+    from spin_diffusion.sampling.opponent import sample_opponent
+    from spin_diffusion.sampling.samples import OpponentSamples
 
     ids, caps = ["p0", "p1", "p2"], ["a red circle", "a blue square", "a green circle"]
     settings = SamplingConfig(

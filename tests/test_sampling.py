@@ -10,8 +10,10 @@ import torch
 
 from spin_diffusion.config.run import SamplingConfig
 from spin_diffusion.errors import CheckpointError
+from spin_diffusion.infra.seeds import sample_seed
 from spin_diffusion.model.pipelines import fingerprint_module, load_pipeline
-from spin_diffusion.sampling.opponent import generate_latents, sample_opponent, sample_seed, use_scheduler
+from spin_diffusion.sampling.generate import generate_latents, use_scheduler
+from spin_diffusion.sampling.opponent import sample_opponent
 
 PROMPTS = ["a red circle", "a blue square", "a green circle on the left", "a red square", "a blue circle"]
 
@@ -109,7 +111,7 @@ def test_two_ranks_split_shards_and_give_identical_results(pipe, tmp_path: Path)
         pipe, ids, PROMPTS, settings, tmp_path / "one", seed=3, model_fingerprint="m", show_progress=False
     )
     # two processes, run one after the other: rank 1 writes only its shard and finds no manifest yet
-    from spin_diffusion.sampling import opponent as sampling
+    from spin_diffusion.sampling import samples as sampling
 
     out = tmp_path / "two"
     kwargs = dict(seed=3, model_fingerprint="m", world_size=2, show_progress=False)
@@ -133,9 +135,9 @@ def test_reencoded_samples_are_what_the_real_data_encoder_gives_for_the_saved_im
     """latents=reencoded stores exactly the latent the real-data path would make from the sample's PNG."""
     from PIL import Image
 
-    from spin_diffusion.data.latents import encode_pixels
+    from spin_diffusion.data.encoding import encode_pixels
     from spin_diffusion.data.transforms import to_tensor
-    from spin_diffusion.sampling.opponent import decode_latents, reencode_latents
+    from spin_diffusion.sampling.generate import decode_latents, reencode_latents
 
     ids = [f"p{i}" for i in range(3)]
     common = dict(num_inference_steps=3, guidance_scale=2.0, batch_size=2, num_previews=0)
@@ -208,7 +210,7 @@ def test_opponent_samples_are_read_lazily_one_shard_at_a_time(pipe, uninterrupte
     import safetensors.torch
     from safetensors.torch import load_file
 
-    from spin_diffusion.sampling import opponent as sampling
+    from spin_diffusion.sampling import samples as sampling
 
     opened: list[str] = []
 

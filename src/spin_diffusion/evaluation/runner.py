@@ -91,7 +91,7 @@ def resolve_prompts(cfg: EvaluationConfig) -> list[str]:
 
 def image_seed(cfg: EvaluationConfig, pid: str, j: int) -> int:
     """Image j of a prompt gets the same seed for every model."""
-    from spin_diffusion.sampling.opponent import sample_seed
+    from spin_diffusion.infra.seeds import sample_seed
 
     return sample_seed(cfg.seed, pid, j)
 
@@ -120,7 +120,7 @@ def ensure_images(
     if not todo:
         return 0
     from spin_diffusion.model.pipelines import load_pipeline
-    from spin_diffusion.sampling.opponent import generate_images, use_scheduler
+    from spin_diffusion.sampling.generate import generate_images, use_scheduler
 
     log.info("%s: generating %d images", name, len(todo))
     pipe = load_pipeline(entry.path, trained=entry.trained)

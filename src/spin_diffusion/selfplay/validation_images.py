@@ -57,7 +57,7 @@ def _swapped_unet(pipe: Any, unet: Any) -> Iterator[None]:
 
 def generate_validation_images(pipe: Any, unet: Any, vset: ValidationSet) -> list[Image.Image]:
     """One image per validation prompt from ``unet`` (seeded per image, so the global RNG is untouched)."""
-    from spin_diffusion.sampling.opponent import generate_images, use_scheduler
+    from spin_diffusion.sampling.generate import generate_images, use_scheduler
 
     with _swapped_unet(pipe, unet):
         use_scheduler(pipe, vset.sampling.scheduler)
