@@ -286,15 +286,7 @@ def ensure_latent_cache(
         status = "resumed" if kept else "built"
         shard_size = int(old.get("shard_size", shard_size))
     else:
-        kept, done, status = [], set(), "built"
-        if old is not None:
-            changed = [k for k in identity_changes(old.get("settings", {}), settings) if k in settings]
-            log.warning(
-                "latent cache %s: settings changed (%s); rebuilding",
-                cache_dir,
-                ", ".join(changed) or "format",
-            )
-            status = "rebuilt"
+        kept, done, status = [], set(), _why_rebuilt(cache_dir, old, settings)
     _drop_beyond(cache_dir, kept)
     manifest = {
         "key": key,
@@ -333,6 +325,17 @@ def ensure_latent_cache(
     cache.status = status
     log.info("latent cache %s: %s, %d examples, %d images encoded", cache_dir, status, len(cache), encoded)
     return cache
+
+
+def _why_rebuilt(cache_dir: Path, old: dict | None, settings: dict) -> str:
+    """ "built" for a new cache; "rebuilt" (with a warning naming what changed) for one of other settings."""
+    if old is None:
+        return "built"
+    changed = [k for k in identity_changes(old.get("settings", {}), settings) if k in settings]
+    log.warning(
+        "latent cache %s: settings changed (%s); rebuilding", cache_dir, ", ".join(changed) or "format"
+    )
+    return "rebuilt"
 
 
 def _drop_beyond(cache_dir: Path, kept: list[dict]) -> None:
