@@ -104,7 +104,7 @@ def measure(root: Path, batches: int, batch_size: int) -> dict[str, float]:
 
     from spin_diffusion.data.latents import MANIFEST, LatentCache
     from spin_diffusion.sampling.samples import OpponentSamples
-    from spin_diffusion.selfplay.driver import SelfPlayData
+    from spin_diffusion.selfplay.training_data import SelfPlayData
     from spin_diffusion.training.batches import make_batch, micro_batch_items
 
     torch.set_num_threads(1)

@@ -84,7 +84,7 @@ def test_add_time_ids_carry_the_cached_original_sizes_and_crops(tmp_path: Path, 
     from spin_diffusion.config.data import DataConfig
     from spin_diffusion.data.latents import ensure_latent_cache
     from spin_diffusion.data.transforms import ImageTransform
-    from spin_diffusion.selfplay.driver import RealData, SelfPlayTrajectoryData
+    from spin_diffusion.selfplay.training_data import RealData, SelfPlayTrajectoryData
     from spin_diffusion.training.batches import batch_conditioning, make_batch
 
     root = make_imagefolder(tmp_path / "data")

@@ -21,7 +21,8 @@ from spin_diffusion.config.run import read_yaml, validate_config
 from spin_diffusion.errors import CheckpointError, ConfigError, UserError
 from spin_diffusion.export.model_card import CardInputs, render_model_card
 from spin_diffusion.infra.atomic import write_text_atomic
-from spin_diffusion.selfplay.rundir import ITERATION_DONE, iteration_done
+from spin_diffusion.infra.run_layout import RunLayout
+from spin_diffusion.selfplay.rundir import iteration_done
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,8 @@ def export_run(
 ) -> dict[str, Any]:
     """Write iteration ``iteration`` (default: the last finished one) of ``run_dir`` to ``out``."""
     run_dir, out = Path(run_dir), Path(out)
-    saved = run_dir / "config.yaml"
+    layout = RunLayout(run_dir)
+    saved = layout.config
     if not saved.is_file():
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); give runs/NAME")
     cfg = validate_config(read_yaml(saved), str(saved))
@@ -116,13 +118,13 @@ def export_run(
     import torch
 
     from spin_diffusion.model.pipelines import load_pipeline, save_full_pipeline
-    from spin_diffusion.selfplay.driver import load_iteration_unet
+    from spin_diffusion.selfplay.opponents import load_iteration_unet
 
-    model_dir = run_dir / f"iter-{k}" / "model"
+    model_dir = layout.iteration(k).model
     pipe = load_pipeline(cfg.model.pretrained, revision=cfg.model.revision, torch_dtype=getattr(torch, dtype))
     unet = load_iteration_unet(pipe.unet, pipe, model_dir)  # theta_k as a plain UNet, LoRA fused
-    iterations = [json.loads((run_dir / f"iter-{j}" / ITERATION_DONE).read_text()) for j in done]
-    eval_md, grid = run_dir / "eval" / "results.md", run_dir / "eval" / "grid.png"
+    iterations = [json.loads(layout.iteration(j).done.read_text()) for j in done]
+    eval_md, grid = layout.eval / "results.md", layout.eval / "grid.png"
     lora = _relative_lora(model_dir) if cfg.model.lora.enabled else None
     notes = []
     if cfg.model.lora.enabled and lora is None:

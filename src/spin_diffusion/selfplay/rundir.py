@@ -18,10 +18,7 @@ from typing import Any
 from spin_diffusion.config.run import RunConfig, dump_config, identity_changes, read_yaml, validate_config
 from spin_diffusion.errors import ConfigError, UserError
 from spin_diffusion.infra.atomic import write_json_atomic, write_text_atomic
-
-ITERATION_DONE = "iteration.json"
-LOCK = ".lock"
-DATA_RECORD = "data.json"
+from spin_diffusion.infra.run_layout import RunLayout
 
 
 class RunDirectoryBusy(UserError):
@@ -29,18 +26,18 @@ class RunDirectoryBusy(UserError):
 
 
 def iteration_done(run_dir: Path, k: int) -> bool:
-    return (run_dir / f"iter-{k}" / ITERATION_DONE).is_file()
+    return RunLayout(run_dir).iteration(k).done.is_file()
 
 
 def has_progress(run_dir: Path) -> bool:
     """True once any iteration has started: samples, checkpoints or a finished model exist."""
-    return any(p.is_dir() and any(p.iterdir()) for p in run_dir.glob("iter-*"))
+    return any(any(it.root.iterdir()) for it in RunLayout(run_dir).iterations())
 
 
 def check_resumable(cfg: RunConfig) -> None:
     """Refuse to resume a run directory that was started with a different identity (writes nothing)."""
     run_dir = cfg.run_dir
-    saved_path = run_dir / "config.yaml"
+    saved_path = RunLayout(run_dir).config
     if not saved_path.is_file():
         return
     saved = validate_config(read_yaml(saved_path), str(saved_path))
@@ -57,7 +54,7 @@ def check_resumable(cfg: RunConfig) -> None:
 def write_run_config(cfg: RunConfig) -> Path:
     """Save the resolved config as run (main process only, after every check has passed)."""
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(cfg.run_dir / "config.yaml", dump_config(cfg))
+    write_text_atomic(RunLayout(cfg.run_dir).config, dump_config(cfg))
     return cfg.run_dir
 
 
@@ -67,7 +64,7 @@ def check_data_unchanged(run_dir: Path, fingerprint: dict[str, Any]) -> None:
     ``fingerprint`` identifies the real-latent cache (source files, VAE,
     transforms). A run with no progress yet simply records the new one.
     """
-    path = run_dir / DATA_RECORD
+    path = RunLayout(run_dir).data_record
     if path.is_file() and has_progress(run_dir):
         recorded = json.loads(path.read_text())
         if recorded.get("latent_cache_key") != fingerprint.get("latent_cache_key"):
@@ -79,7 +76,7 @@ def check_data_unchanged(run_dir: Path, fingerprint: dict[str, Any]) -> None:
 
 
 def record_data(run_dir: Path, fingerprint: dict[str, Any]) -> None:
-    write_json_atomic(run_dir / DATA_RECORD, fingerprint)
+    write_json_atomic(RunLayout(run_dir).data_record, fingerprint)
 
 
 @contextlib.contextmanager
@@ -96,7 +93,7 @@ def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
     import fcntl
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK
+    path = RunLayout(run_dir).lock
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

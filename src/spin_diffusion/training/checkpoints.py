@@ -14,12 +14,13 @@ import shutil
 from pathlib import Path
 
 from spin_diffusion.infra.atomic import write_json_atomic, write_text_atomic
+from spin_diffusion.infra.run_layout import TRAIN_LOG
 
 TRAIN_STATE = "train_state.json"
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 COMPLETE = "complete.json"
-LOG = "train_log.jsonl"
+LOG = TRAIN_LOG
 
 
 def list_checkpoints(ckpt_root: Path) -> list[tuple[int, Path]]:

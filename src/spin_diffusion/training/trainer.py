@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from spin_diffusion.errors import UserError
 from spin_diffusion.infra.atomic import write_json_atomic
 from spin_diffusion.infra.interrupt import Interrupted, StopFlag
+from spin_diffusion.infra.run_layout import CHECKPOINTS, SNAPSHOTS
 from spin_diffusion.training.batches import (
     Batch,
     TrainingData,
@@ -125,7 +126,7 @@ class Trainer:
         self.data = data
         self.reference = reference
         self.out_dir = Path(out_dir)
-        self.ckpt_root = self.out_dir / "checkpoints"
+        self.ckpt_root = self.out_dir / CHECKPOINTS
         self.seed = seed
         self.caption_dropout = caption_dropout
         self.show_progress = show_progress
@@ -247,7 +248,7 @@ class Trainer:
         """The model at this step in the layout of ``iter-k/model`` (loadable by diffusers and evaluate)."""
         from spin_diffusion.model.pipelines import save_trained_unet
 
-        path = self.out_dir / "snapshots" / f"step-{self.step}"
+        path = self.out_dir / SNAPSHOTS / f"step-{self.step}"
         trained = self.trained_unet()  # every process: gathering a sharded model is collective
         if self.acc.is_main_process:
             save_trained_unet(trained, path, previous=self.previous_model)
