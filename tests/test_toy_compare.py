@@ -8,13 +8,8 @@ from pathlib import Path
 import yaml
 
 from spin_diffusion.cli.main import main
-from spin_diffusion.studies.reproduce import (
-    ALL_METHODS,
-    FAMILY,
-    ReproduceConfig,
-    examples_seen,
-    family_defaults,
-)
+from spin_diffusion.studies.runs import examples_seen
+from spin_diffusion.studies.settings import ALL_METHODS, FAMILY, ReproduceConfig, family_defaults
 
 ALL_METHODS_BUT_ABLATION = [m for m in ALL_METHODS if m != "spin-continued"]
 
@@ -82,7 +77,8 @@ def test_a_family_method_without_settings_is_refused(tmp_path: Path, capsys) -> 
 
 def test_spin_exact_is_a_compare_method_with_its_own_iterations(tmp_path: Path) -> None:
     from spin_diffusion.config.run import validate_config
-    from spin_diffusion.studies.reproduce import ALL_METHODS, models_of, run_configs
+    from spin_diffusion.studies.runs import models_of, run_configs
+    from spin_diffusion.studies.settings import ALL_METHODS
 
     assert "spin-exact" in ALL_METHODS
     cfg = ReproduceConfig(methods=["spin", "spin-exact"], batch_size=4)

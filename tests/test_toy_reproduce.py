@@ -8,7 +8,10 @@ from pathlib import Path
 import pytest
 
 from spin_diffusion.errors import ConfigError
-from spin_diffusion.studies.reproduce import ReproduceConfig, across_seeds, examples_seen, reproduce
+from spin_diffusion.studies.reproduce import reproduce
+from spin_diffusion.studies.runs import examples_seen
+from spin_diffusion.studies.settings import ReproduceConfig
+from spin_diffusion.studies.tables import across_seeds
 
 
 def tiny_study() -> ReproduceConfig:

@@ -234,11 +234,13 @@ def _run_study(
     from pydantic import ValidationError
 
     from spin_diffusion.config.run import apply_overrides
-    from spin_diffusion.toy import reproduce as study
+    from spin_diffusion.studies.reproduce import reproduce
+    from spin_diffusion.studies.settings import ALL_METHODS, ReproduceConfig
+    from spin_diffusion.studies.tables import COMPARISON_TITLE
 
     raw = _read_mapping(config) if config is not None else {}
     if compare:
-        raw.setdefault("methods", list(study.ALL_METHODS))
+        raw.setdefault("methods", list(ALL_METHODS))
     if seeds is not None:
         try:
             raw["seeds"] = [int(s) for s in seeds.split(",") if s.strip()]
@@ -248,15 +250,15 @@ def _run_study(
         raw["pairs"] = pairs
     raw = apply_overrides(raw, set_ or [])
     try:
-        cfg = study.ReproduceConfig.model_validate(raw)
+        cfg = ReproduceConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(x) for x in err["loc"]) or "(top level)"
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise UserError(f"reproduce setting {where!r}: {msg}") from exc
     command = "spin-diffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    kind = {"report": "compare", "title": study.COMPARISON_TITLE} if compare else {}
-    result = study.reproduce(cfg, out, command, **kind)
+    kind = {"report": "compare", "title": COMPARISON_TITLE} if compare else {}
+    result = reproduce(cfg, out, command, **kind)
     typer.echo(result["report"])
     report = "compare" if compare else "results"
     typer.echo(f"wrote {out / (report + '.md')} and {result['plot']}")

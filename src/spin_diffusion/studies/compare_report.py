@@ -11,14 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from spin_diffusion.studies.reproduce import (
-    METRICS,
-    ReproduceConfig,
-    across_seeds,
-    mean_sd,
-    seed_model,
-    table_names,
-)
+from spin_diffusion.studies.settings import METRICS, ReproduceConfig
+from spin_diffusion.studies.tables import across_seeds, mean_sd, seed_model, table_names
 
 
 def pairwise_win(summaries: dict[int, dict[str, Any]], row: str, col: str) -> tuple[float, float, int]:

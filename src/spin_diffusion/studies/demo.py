@@ -18,14 +18,14 @@ from spin_diffusion.errors import UserError
 from spin_diffusion.infra.atomic import write_text_atomic
 
 # Sizes chosen so the whole demo takes a few minutes on 2 CPU cores; every training setting is the
-# reproduction's default (spin_diffusion.studies.reproduce.ReproduceConfig), only the budget is smaller.
+# reproduction's default (spin_diffusion.studies.settings.ReproduceConfig), only the budget is smaller.
 FULL = {"pairs": 1000, "eval_prompts": 100, "images_per_prompt": 2}
 QUICK = {"pairs": 48, "eval_prompts": 8, "images_per_prompt": 2, "sample_steps": 8, "steps": 4}
 
 
 def demo_study(iterations: int, quick: bool) -> Any:
     """The reproduction's settings on one seed, a smaller data set and evaluation, no ablation."""
-    from spin_diffusion.studies.reproduce import ReproduceConfig
+    from spin_diffusion.studies.settings import ReproduceConfig
 
     defaults = ReproduceConfig().model_dump()
     its = defaults["spin"]["iterations"]
@@ -69,7 +69,8 @@ def curated_reference(curated_dir: Path, limit: int = 200) -> dict[str, float]:
 
 def run_demo(output_dir: Path = Path("runs"), iterations: int = 3, quick: bool = False) -> dict[str, Any]:
     """Run the short reproduction (base, SFT, DPO, SPIN iterations) and print its table."""
-    from spin_diffusion.studies.reproduce import reproduce, results_table
+    from spin_diffusion.studies.reproduce import reproduce
+    from spin_diffusion.studies.tables import results_table
     from spin_diffusion.toy import base_model_path
 
     if not (base_model_path() / "model_index.json").is_file():
