@@ -20,7 +20,7 @@ from exact_direct import direct_exact_loss
 from spin_diffusion.config.run import TrainingConfig
 from spin_diffusion.model.pipelines import frozen_copy
 from spin_diffusion.sampling.trajectories import solver_schedule
-from spin_diffusion.training.batches import Batch
+from spin_diffusion.training.batches import Batch, Trajectory
 from spin_diffusion.training.exact_spin import exact_spin_output
 from spin_diffusion.training.losses import Backprop
 from spin_diffusion.training.reference import ModuleReference
@@ -39,8 +39,9 @@ def run(mode: str, steps: int, unet, ref, sched) -> None:
         direct_exact_loss(unet, ref.unet, x0, eps, traj, schedule, emb, 100.0).backward()
         return
     batch = Batch(
-        indices=list(range(B)), epoch=[0] * B, captions=[""] * B, latents_a=x0, latents_b=traj,
-        timesteps=torch.zeros(B, dtype=torch.long), noise=eps, schedule=schedule,
+        indices=list(range(B)), epoch=[0] * B, captions=[""] * B, latents_a=x0, latents_b=None,
+        timesteps=torch.zeros(B, dtype=torch.long), noise=eps,
+        trajectory=Trajectory(traj, schedule, torch.arange(schedule.num_steps).repeat(B, 1)),
     )  # fmt: skip
     out = exact_spin_output(
         TrainingConfig(beta=100.0, trajectory_chunk_size=CHUNK), unet, sched, ref, batch, emb

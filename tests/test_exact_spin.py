@@ -19,7 +19,7 @@ from spin_diffusion.model.families import encode_prompts
 from spin_diffusion.model.pipelines import frozen_copy, load_pipeline, training_scheduler
 from spin_diffusion.sampling.generate import generate_latents, use_scheduler
 from spin_diffusion.sampling.trajectories import solver_schedule, transition_target
-from spin_diffusion.training.batches import Batch
+from spin_diffusion.training.batches import Batch, Trajectory
 from spin_diffusion.training.exact_spin import exact_spin_output
 from spin_diffusion.training.losses import Backprop
 from spin_diffusion.training.reference import ModuleReference
@@ -61,11 +61,10 @@ def _batch(traj, schedule, seed: int = 0, step_order=None) -> Batch:
         epoch=[0] * n,
         captions=CAPTIONS[:n],
         latents_a=x0,
-        latents_b=traj,
+        latents_b=None,
         timesteps=torch.zeros(n, dtype=torch.long),
         noise=noise,
-        schedule=schedule,
-        step_order=order,
+        trajectory=Trajectory(traj, schedule, order),
     )
 
 

@@ -114,7 +114,9 @@ def test_add_time_ids_carry_the_cached_original_sizes_and_crops(tmp_path: Path, 
         assert tuple(int(v) for v in row) in by_id[i]  # the flipped or unflipped crop of this example
     assert [tuple(int(v) for v in r) for r in cond.time_ids] == batch.size_cond_a
     # spin-exact's data gives its real member the same sizes (the flip is drawn first in both)
-    trajectories = SimpleNamespace(schedule=None, trajectory=lambda ex_id: torch.zeros(1, 3, 4, 2, 2))
+    trajectories = SimpleNamespace(
+        schedule=SimpleNamespace(num_steps=2), trajectory=lambda ex_id: torch.zeros(1, 3, 4, 2, 2)
+    )
     exact = make_batch(
         SelfPlayTrajectoryData(cache, flip=True, samples=trajectories),
         [(i, 0) for i in range(len(cache))],

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.config.run import PREFERENCE_METHODS, SELF_PLAY_METHODS
-from spin_diffusion.training.batches import Members
+from spin_diffusion.training.batches import Members, TrajectoryMembers
 
 if TYPE_CHECKING:
     import torch
@@ -79,11 +79,7 @@ class SelfPlayTrajectoryData(SelfPlayData):
     SPIN objectives pair an example with the same opponent sample.
     """
 
-    @property
-    def schedule(self) -> Any:
-        return self.samples.schedule
-
-    def latents(self, index: int, epoch: int, rng: torch.Generator) -> Members:
+    def latents(self, index: int, epoch: int, rng: torch.Generator) -> TrajectoryMembers:
         import torch
 
         flip = _coin(rng, self.flip)
@@ -91,7 +87,9 @@ class SelfPlayTrajectoryData(SelfPlayData):
         trajectories = self.samples.trajectory(self.cache.ids[index])
         pick = int(torch.randint(0, trajectories.shape[0], (1,), generator=rng))
         # the real member keeps its cached size and crop (SDXL); the sample was made whole: None
-        return Members(real, trajectories[pick], size_a=self.cache.size_cond(index, flip=flip))
+        return TrajectoryMembers(
+            real, trajectories[pick], self.samples.schedule, size_a=self.cache.size_cond(index, flip=flip)
+        )
 
 
 def _coin(rng: torch.Generator, enabled: bool) -> bool:

@@ -41,6 +41,20 @@ class Members:
         return iter((self.a, self.b))
 
 
+@dataclass(frozen=True)
+class TrajectoryMembers:
+    """spin-exact's example: the real latent and one opponent sample's whole trajectory ``[K+1, ...]``.
+
+    ``schedule`` is the solver schedule the trajectory was sampled on; the
+    sample was made whole at the trained size, so it has no size of its own.
+    """
+
+    a: torch.Tensor
+    trajectory: torch.Tensor
+    schedule: SolverSchedule
+    size_a: SizeCond | None = None
+
+
 class TrainingData(Protocol):
     """What the loop trains on: per example a caption and one latent (SFT) or a pair (DPO, SPIN)."""
 
@@ -52,14 +66,27 @@ class TrainingData(Protocol):
 
     def latents(
         self, index: int, epoch: int, rng: torch.Generator
-    ) -> Members | tuple[torch.Tensor, torch.Tensor | None]:
+    ) -> Members | TrajectoryMembers | tuple[torch.Tensor, torch.Tensor | None]:
         """``(a, b)``: a = real/winner latent, b = generated/loser latent (None for SFT); a
-        :class:`Members` also carries each image's size and crop."""
+        :class:`Members` also carries each image's size and crop, a :class:`TrajectoryMembers`
+        the opponent's whole trajectory instead of ``b``."""
         ...
+
+
+@dataclass(frozen=True)
+class Trajectory:
+    """The opponent's sampling paths of a batch (spin-exact), in place of a second latent per example."""
+
+    points: torch.Tensor  # [B, K+1, C, h, w]: x_T ... x_0 as the solver produced them
+    schedule: SolverSchedule
+    step_order: torch.Tensor  # [B, K]: a seeded permutation of the steps per example
 
 
 @dataclass
 class Batch:
+    """A micro-batch: ``latents_b`` is the second member of a pair (None for SFT and for trajectory
+    batches, whose generated side is ``trajectory``)."""
+
     indices: list[int]
     epoch: list[int]
     captions: list[str]
@@ -69,9 +96,12 @@ class Batch:
     noise: torch.Tensor
     size_cond_a: list[SizeCond | None] = field(default_factory=list)  # per example; None: the trained size
     size_cond_b: list[SizeCond | None] = field(default_factory=list)
-    # trajectory objectives (spin-exact): latents_b is then the opponent's [B, K+1, ...] trajectory
-    schedule: SolverSchedule | None = None
-    step_order: torch.Tensor | None = None  # [B, K]: a seeded permutation of the steps per example
+    trajectory: Trajectory | None = None
+
+    @property
+    def paired(self) -> bool:
+        """Whether each example has a second member: a latent or a trajectory."""
+        return self.latents_b is not None or self.trajectory is not None
 
 
 def make_batch(
@@ -84,20 +114,26 @@ def make_batch(
 ) -> Batch:
     """Assemble a batch of (index, epoch) items with per-item seeded t, noise and choices.
 
-    Data with a ``schedule`` (stored trajectories) also gets a seeded order of
-    its solver steps per item, drawn last so the other draws do not change.
+    An item with a trajectory (:class:`TrajectoryMembers`) also gets a seeded
+    order of its solver steps, drawn last so the other draws do not change.
     """
     import torch
 
-    schedule = getattr(data, "schedule", None)
     caps, lat_a, lat_b, ts, noises, size_a, size_b, orders = [], [], [], [], [], [], [], []
+    paths, schedule = [], None
     for index, epoch in items:
         gen = torch.Generator().manual_seed(example_seed(seed, index, epoch))
         got = data.latents(index, epoch, gen)
-        members = got if isinstance(got, Members) else Members(*got)
-        a, b = members.a.float(), members.b
-        size_a.append(members.size_a)
-        size_b.append(members.size_b)
+        if isinstance(got, TrajectoryMembers):
+            a, b, schedule = got.a.float(), None, got.schedule
+            paths.append(got.trajectory.float())
+            size_a.append(got.size_a)
+            size_b.append(None)
+        else:
+            members = got if isinstance(got, Members) else Members(*got)
+            a, b = members.a.float(), members.b
+            size_a.append(members.size_a)
+            size_b.append(members.size_b)
         t = int(torch.randint(0, num_train_timesteps, (1,), generator=gen))
         noise = torch.randn(a.shape, generator=gen)
         drop = caption_dropout > 0 and float(torch.rand(1, generator=gen)) < caption_dropout
@@ -107,8 +143,8 @@ def make_batch(
             lat_b.append(b.float())
         ts.append(t)
         noises.append(noise)
-        if schedule is not None:
-            orders.append(torch.randperm(schedule.num_steps, generator=gen))
+        if isinstance(got, TrajectoryMembers):
+            orders.append(torch.randperm(got.schedule.num_steps, generator=gen))
     return Batch(
         indices=[i for i, _ in items],
         epoch=[e for _, e in items],
@@ -119,8 +155,7 @@ def make_batch(
         noise=torch.stack(noises),
         size_cond_a=size_a,
         size_cond_b=size_b,
-        schedule=schedule,
-        step_order=torch.stack(orders) if orders else None,
+        trajectory=Trajectory(torch.stack(paths), schedule, torch.stack(orders)) if paths else None,
     )
 
 
@@ -156,7 +191,7 @@ def _epoch_permutation(num_examples: int, epoch: int, seed: int) -> torch.Tensor
 
 def batch_conditioning(prompts: PromptEncoder, batch: Batch) -> Conditioning:
     """The conditioning of a training batch: its captions, and each member's recorded size and crop."""
-    pair = (batch.size_cond_b or None) if batch.latents_b is not None else None
+    pair = (batch.size_cond_b or None) if batch.paired else None
     return prompts.encode(
         batch.captions,
         batch.size_cond_a or None,

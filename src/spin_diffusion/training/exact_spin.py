@@ -69,12 +69,12 @@ class StepInputs:
     def __init__(self, batch: Batch, noise_scheduler: Any, emb: Conditioning | torch.Tensor):
         import torch
 
-        schedule = batch.schedule
-        if schedule is None or batch.latents_b is None:
+        if batch.trajectory is None:
             raise ValueError("spin-exact needs batches with the opponent's trajectory and its schedule")
+        schedule = batch.trajectory.schedule
         emb = as_conditioning(emb)
         device = emb.device
-        self.trajectory = batch.latents_b.to(device)  # [B, K+1, C, h, w]
+        self.trajectory = batch.trajectory.points.to(device)  # [B, K+1, C, h, w]
         if (
             self.trajectory.dim() != batch.latents_a.dim() + 1
             or self.trajectory.shape[1] != schedule.num_steps + 1
@@ -147,19 +147,18 @@ def grad_steps(batch: Batch, num_grad_steps: int | None) -> tuple[torch.Tensor, 
     """The (example, step) terms pass 2 back-propagates, and their weight ``K / m``.
 
     All steps when ``num_grad_steps`` is None; else the first ``m`` of each
-    example's seeded step order (``Batch.step_order``): a uniform subset.
+    example's seeded step order (``Trajectory.step_order``): a uniform subset.
     """
     import torch
 
-    assert batch.schedule is not None
-    k_all = batch.schedule.num_steps
+    if batch.trajectory is None:
+        raise ValueError("spin-exact needs batches with the opponent's trajectory and its schedule")
+    k_all = batch.trajectory.schedule.num_steps
     n = len(batch.indices)
     if num_grad_steps is None or num_grad_steps >= k_all:
         b, k = torch.meshgrid(torch.arange(n), torch.arange(k_all), indexing="ij")
         return b.reshape(-1), k.reshape(-1), 1.0
-    if batch.step_order is None:
-        raise ValueError("a subset of steps needs the batch's seeded step order")
-    picked = batch.step_order[:, :num_grad_steps]
+    picked = batch.trajectory.step_order[:, :num_grad_steps]
     b = torch.arange(n).unsqueeze(1).expand_as(picked)
     return b.reshape(-1), picked.reshape(-1), k_all / num_grad_steps
 
