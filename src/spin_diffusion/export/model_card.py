@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from spin_diffusion.config.run import SELF_PLAY_METHODS, RunConfig
+from spin_diffusion.infra.run_layout import iteration_name
 
 METHODS = {
     "spin": "SPIN-Diffusion self-play: in iteration k the model is trained to tell the real images from the "
@@ -170,7 +171,7 @@ def render_model_card(inp: CardInputs) -> str:
     ]
     if inp.evaluation_md:
         lines += [
-            f"This model is `iter-{inp.iteration}` in the tables; `base` is `{cfg.model.pretrained}`.",
+            f"This model is `{iteration_name(inp.iteration)}` in the tables; `base` is `{cfg.model.pretrained}`.",
             "",
         ]
         lines += _demote(inp.evaluation_md)
