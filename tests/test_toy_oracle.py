@@ -137,3 +137,24 @@ def test_scorer_interface():
     assert s[0] > 0.95 and s[1] < s[0]
     with pytest.raises(ValueError, match="metric"):
         OracleScorer("beauty")  # type: ignore[arg-type]
+
+
+def test_tied_assignments_resolve_the_same_way_in_every_process():
+    """Two identical prompted objects and one detection: (0, None) and (None, 0) tie. The winner used to
+    follow a set's order, which for tuples holding None changes with the process (hash(None) is an
+    address), so the same image could score differently from run to run."""
+    import subprocess
+    import sys
+
+    code = (
+        "from spin_diffusion.toy.oracle import Detected, _match\n"
+        "from spin_diffusion.toy.world import ObjectSpec\n"
+        "o = ObjectSpec(colour='red', shape='circle')\n"
+        "d = Detected('red', 'circle', 'small', 'center', 10, (0.5, 0.5), 0.2)\n"
+        "print(_match((o, o), [d]))"
+    )
+    outputs = {
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+        for _ in range(4)
+    }
+    assert outputs == {"([0, None], 2)\n"}

@@ -175,7 +175,9 @@ def _match(objs: tuple[ObjectSpec, ...], dets: list[Detected]) -> tuple[list[int
     """Assignment of prompted to detected objects that satisfies the most attributes."""
     cands = list(range(min(len(dets), 4))) + [None] * len(objs)
     best: tuple[list[int | None], int] = ([None] * len(objs), -1)
-    for perm in set(itertools.permutations(cands, len(objs))):
+    # dict.fromkeys drops repeats in a fixed order; a set's order of tuples holding None changes from
+    # process to process (hash(None) is its address), and so did the winner of a tie.
+    for perm in dict.fromkeys(itertools.permutations(cands, len(objs))):
         score = sum(
             sum(o.get(a) is not None and dets[j].get(a) == o.get(a) for a in ATTRIBUTES)
             for o, j in zip(objs, perm, strict=True)
