@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from spin_diffusion.config.run import apply_overrides, identity_changes, load_config, validate_config
+from spin_diffusion.config.overrides import apply_overrides
+from spin_diffusion.config.run import identity_changes, load_config, validate_config
 from spin_diffusion.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,7 +94,7 @@ def test_identity_changes_detect_what_would_mix_results() -> None:
 
 
 def test_configuration_docs_match_the_code() -> None:
-    from spin_diffusion.config.run import config_reference_markdown
+    from spin_diffusion.config.reference_docs import config_reference_markdown
 
     docs = (REPO / "docs" / "configuration.md").read_text()
     assert config_reference_markdown() in docs, (
@@ -112,3 +113,65 @@ def test_dpo_family_settings_are_validated_and_carried_per_iteration() -> None:
         validate_config({**BASE, "method": "inversion-dpo", "training": {"precompute_reference": True}})
     with pytest.raises(ConfigError, match="trains once"):
         validate_config({**BASE, "method": "kto", "iterations": [{}, {}]})
+
+
+# The settings tests/fixtures/old-main-config.yaml was written from, by the previous main's dump_config
+# (config.py with data/evaluation stored as plain dicts), as a run directory's config.yaml.
+OLD_MAIN_RAW = {
+    "name": "old-run",
+    "method": "spin",
+    "seed": 3,
+    "model": {"pretrained": "toy-base", "lora": {"enabled": True, "rank": 8}},
+    "data": {
+        "source": "pickapic",
+        "path": "pairs/*.parquet",
+        "resolution": 32,
+        "max_examples": 100,
+        "random_flip": True,
+    },
+    "sampling": {"num_samples_per_prompt": 2},
+    "training": {"max_steps": 7, "learning_rate": 1e-4},
+    "iterations": [{"beta": 5000}, {"max_steps": 3, "num_samples_per_prompt": 1}],
+    "evaluation": {
+        "prompts": {"kind": "partiprompts", "path": "parti.tsv", "limit": 10, "categories": ["Animals"]},
+        "n_images_per_prompt": 2,
+        "scorers": [{"kind": "toy_fidelity"}, {"kind": "pickscore", "name": "ps", "path": "pick"}],
+        "distribution": {"reference_dir": "ref", "feature_path": "clip"},
+        "best_of_n": ["max", "mean", "max"],
+    },
+}
+
+
+def test_a_config_yaml_written_by_the_previous_main_resumes_unchanged() -> None:
+    from spin_diffusion.config.base import read_yaml
+    from spin_diffusion.config.data import DataConfig
+    from spin_diffusion.config.evaluation import EvaluationConfig
+    from spin_diffusion.config.run import dump_config
+
+    path = REPO / "tests" / "fixtures" / "old-main-config.yaml"
+    saved = validate_config(read_yaml(path), str(path))  # as rundir.check_resume reads it
+    current = validate_config(OLD_MAIN_RAW)
+    assert identity_changes(saved, current) == []
+    assert (
+        dump_config(saved) == dump_config(current) == path.read_text()
+    )  # the same config.yaml, byte for byte
+    assert isinstance(current.data, DataConfig) and current.data.caption_column == "caption"
+    assert isinstance(current.evaluation, EvaluationConfig) and current.evaluation.metrics == [
+        "toy_fidelity",
+        "ps",
+    ]
+    changed = validate_config({**OLD_MAIN_RAW, "data": {**OLD_MAIN_RAW["data"], "resolution": 64}})
+    assert identity_changes(saved, changed) == ["data"]
+
+
+def test_iteration_overrides_apply_to_the_section_that_owns_each_field() -> None:
+    from spin_diffusion.config.run import IterationOverride, SamplingConfig, TrainingConfig
+
+    for name in IterationOverride.model_fields:  # each override names exactly one section's field
+        assert (name in TrainingConfig.model_fields) != (name in SamplingConfig.model_fields), name
+    cfg = validate_config(OLD_MAIN_RAW)
+    first, second = cfg.training_for(1), cfg.training_for(2)
+    assert (first.beta, first.max_steps, first.learning_rate) == (5000, 7, 1e-4)
+    assert (second.beta, second.max_steps, second.learning_rate) == (2000, 3, 1e-4)
+    assert cfg.sampling_for(1).num_samples_per_prompt == 2 and cfg.sampling_for(2).num_samples_per_prompt == 1
+    assert cfg.training.max_steps == 7 and cfg.sampling.num_samples_per_prompt == 2  # the base is untouched

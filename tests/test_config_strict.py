@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from spin_diffusion.config.run import apply_overrides, load_config, read_yaml, validate_config
+from spin_diffusion.config.base import read_yaml
+from spin_diffusion.config.overrides import apply_overrides
+from spin_diffusion.config.run import load_config, validate_config
 from spin_diffusion.errors import ConfigError
 
 BASE_YAML = """\

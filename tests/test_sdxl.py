@@ -208,4 +208,4 @@ def test_the_sdxl_configs_default_to_lora_and_state_diffusion_dpos_beta_on_our_s
     assert dpo.model.lora.enabled and spin.model.lora.enabled
     assert dpo.training_for(1).beta == 5000 / 2  # official beta_dpo 5000 times its factor 1/2
     assert dpo.training.learning_rate == pytest.approx(1e-8 * 2048)  # --scale_lr over 2048 pairs
-    assert dpo.data_config().resolution == spin.data_config().resolution == 1024
+    assert dpo.data.resolution == spin.data.resolution == 1024

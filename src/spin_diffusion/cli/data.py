@@ -38,7 +38,7 @@ def _validation_message(exc: Any, prefix: str) -> str:
 
 def _read_yaml(path: Path) -> tuple[dict, bool]:
     """The ``data:`` mapping of a run config and whether the run trains on preference pairs."""
-    from spin_diffusion.config.run import read_yaml_file
+    from spin_diffusion.config.base import read_yaml_file
 
     doc = read_yaml_file(path)  # duplicate keys and non-UTF-8 text are one-line ConfigErrors
     if not isinstance(doc, dict):

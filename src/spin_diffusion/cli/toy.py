@@ -117,7 +117,7 @@ def pretrain(
 def _load_pretrain_config(path: Path):
     from pydantic import ValidationError
 
-    from spin_diffusion.config.run import read_yaml_file
+    from spin_diffusion.config.base import read_yaml_file
     from spin_diffusion.toy.pretrain import PretrainConfig
 
     data = read_yaml_file(path) or {}  # JSON is YAML; duplicate keys are refused
@@ -233,7 +233,7 @@ def _run_study(
 
     from pydantic import ValidationError
 
-    from spin_diffusion.config.run import apply_overrides
+    from spin_diffusion.config.overrides import apply_overrides
     from spin_diffusion.studies.reproduce import reproduce
     from spin_diffusion.studies.settings import ALL_METHODS, ReproduceConfig
     from spin_diffusion.studies.tables import COMPARISON_TITLE
@@ -265,6 +265,6 @@ def _run_study(
 
 
 def _read_mapping(path: Path) -> dict:
-    from spin_diffusion.config.run import read_yaml
+    from spin_diffusion.config.base import read_yaml
 
     return read_yaml(path)  # one-line errors; duplicate keys and non-UTF-8 text are refused

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from spin_diffusion.config.run import StrictNumbers
+from spin_diffusion.config.base import StrictNumbers
 
 SourceKind = Literal["imagefolder", "parquet", "pickapic", "hf_disk", "hf"]
 PromptKind = Literal["text", "partiprompts", "hpsv2", "pickapic"]

@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from spin_diffusion.config.base import StrictNumbers, format_validation_error, read_yaml
 from spin_diffusion.config.data import PromptSetConfig
-from spin_diffusion.config.run import StrictNumbers
 from spin_diffusion.errors import ConfigError
 
 ScorerKind = Literal["pickscore", "hpsv2", "imagereward", "aesthetic", "toy_fidelity", "toy_style"]
@@ -242,15 +242,11 @@ def check_model_name(name: str) -> str:
 
 def load_job_config(path: Path) -> EvaluateJobConfig:
     """Read and validate an evaluate job YAML; errors name the file and the field."""
-    from spin_diffusion.config.run import read_yaml
-
     raw = read_yaml(Path(path))
     try:
         job = EvaluateJobConfig.model_validate(raw)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise ConfigError(f"{path}: {where}: {str(err['msg']).removeprefix('Value error, ')}") from exc
+        raise ConfigError(format_validation_error(exc, str(path))) from exc
     check_output_dir(Path(job.output_dir), f"{path}: output_dir")
     return job
 

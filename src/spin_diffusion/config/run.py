@@ -7,22 +7,23 @@ Nothing here imports torch, so config errors answer in about a second.
 
 from __future__ import annotations
 
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    ValidationInfo,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from spin_diffusion.config.base import Strict, format_validation_error, read_yaml
+from spin_diffusion.config.data import DataConfig
+from spin_diffusion.config.evaluation import EvaluationConfig
+from spin_diffusion.config.methods import (
+    AdaptiveDpoConfig,
+    DmpoConfig,
+    InversionConfig,
+    KtoConfig,
+    SeeDpoConfig,
+)
+from spin_diffusion.config.overrides import apply_overrides
 from spin_diffusion.errors import ConfigError
 
 Method = Literal[
@@ -37,102 +38,6 @@ SELF_PLAY_METHODS = ("spin", "spin-exact")
 #: Samplers whose steps spin-exact can store and replay (sampling.trajectories implements them); their
 #: stored latents live in the variance-preserving space x_t = sqrt(abar) x0 + sqrt(1-abar) eps.
 TRAJECTORY_SCHEDULERS = ("ddim", "dpmsolver++")
-
-
-class UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a mapping holding the same key twice.
-
-    PyYAML silently keeps the last value, so a second ``beta:`` pasted into a block would
-    overrule the first without a word. Keys brought in by a ``<<`` merge may still be
-    overridden by explicit ones, as YAML intends.
-    """
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[Any, Any]:
-        if isinstance(node, yaml.MappingNode):
-            first_line: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue
-                key = self.construct_object(key_node, deep=True)
-                try:
-                    earlier = first_line.get(key)
-                except TypeError:  # an unhashable key: the base class reports it
-                    continue
-                if earlier is not None:
-                    raise yaml.constructor.ConstructorError(
-                        None,
-                        None,
-                        f"duplicate key {key!r} (first given on line {earlier})",
-                        key_node.start_mark,
-                    )
-                first_line[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
-
-
-def parse_yaml(text: str, source: str) -> Any:
-    """Parse YAML text with :class:`UniqueKeyLoader`; any error is one line naming ``source``."""
-    try:
-        return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None)
-        if problem and str(problem).startswith("duplicate key"):
-            raise ConfigError(f"{source}:{where}: {problem}") from None
-        detail = f" ({problem})" if problem else ""
-        raise ConfigError(f"{source}:{where} is not valid YAML{detail}") from None
-
-
-def read_yaml_file(path: Path) -> Any:
-    """Read and parse a YAML file; missing, unreadable or non-UTF-8 files are one-line errors."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc.__class__.__name__})") from None
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
-        raise ConfigError(
-            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save it as UTF-8"
-        ) from None
-    return parse_yaml(text, str(path))
-
-
-def _is_number_type(annotation: Any) -> bool:
-    """True for ``int``, ``float`` and optionals/unions of them (``bool`` is not a number here)."""
-    if annotation in (int, float):
-        return True
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return any(_is_number_type(arg) for arg in typing.get_args(annotation))
-    return False
-
-
-class StrictNumbers(BaseModel):
-    """Refuses booleans for number fields and inf/NaN for float fields.
-
-    Pydantic's lax mode turns ``max_steps: true`` (YAML also reads ``yes``/``on`` as true) into 1,
-    and an infinite learning rate or beta would only surface later as a NaN loss that names no
-    field. Full strict mode is not used because it would refuse ``learning_rate: 2e-5``, which
-    YAML 1.1 reads as a string.
-    """
-
-    model_config = ConfigDict(allow_inf_nan=False)
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_bool_for_a_number(cls, value: Any, info: ValidationInfo) -> Any:
-        field = cls.model_fields.get(info.field_name or "")
-        if isinstance(value, bool) and field is not None and _is_number_type(field.annotation):
-            raise ValueError(f"expected a number, got the boolean {str(value).lower()}")
-        return value
-
-
-class Strict(StrictNumbers):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
 class LoraConfig(Strict):
@@ -180,47 +85,6 @@ class SamplingConfig(Strict):
         description="raw: the sampler's final latent; reencoded: decode each sample to an 8-bit image and "
         "encode it like a real one (one VAE pass more). On the toy world raw gave better style at equal "
         "fidelity (docs/results.md)",
-    )
-
-
-class DmpoConfig(Strict):
-    """DMPO: reverse KL to a target preference probability (method: dmpo; docs/methods.md)."""
-
-    alpha: float = Field(
-        0.01, gt=0, lt=1, description="target preference 1 - alpha (0.01 as the DMPO code of Diffusion-SDPO)"
-    )
-
-
-class SeeDpoConfig(Strict):
-    """SEE-DPO: Diffusion-DPO plus a self-entropy bonus gamma = entropy_ratio x beta (method: see-dpo)."""
-
-    entropy_ratio: float = Field(
-        0.1, ge=0, description="gamma / beta; 0 is Diffusion-DPO (the paper's value was not available: ours)"
-    )
-
-
-class AdaptiveDpoConfig(Strict):
-    """Adaptive-DPO, our reconstruction: confidence weight and margin (method: adaptive-dpo)."""
-
-    margin: float = Field(
-        1.0, ge=0, description="largest adaptive margin on u, for pairs the model is sure of (ours)"
-    )
-
-
-class KtoConfig(Strict):
-    """Diffusion-KTO on per-image labels: winners desirable, losers undesirable (method: kto)."""
-
-    lambda_desirable: float = Field(1.0, gt=0, description="weight of desirable images (official code: 1)")
-    lambda_undesirable: float = Field(
-        1.0, gt=0, description="weight of undesirable images (official code: 1)"
-    )
-
-
-class InversionConfig(Strict):
-    """Inversion-DPO: x_t by DDIM inversion of the clean latents under the reference (method: inversion-dpo)."""
-
-    steps: int = Field(
-        10, ge=1, le=1000, description="DDIM inversion steps from the clean latent to each sample's t"
     )
 
 
@@ -360,12 +224,6 @@ class IterationOverride(Strict):
     )
 
 
-def _data_config_type() -> Any:
-    from spin_diffusion.config.data import DataConfig
-
-    return DataConfig
-
-
 class RunConfig(Strict):
     """One run: ``runs/NAME`` holds everything it produces."""
 
@@ -379,30 +237,24 @@ class RunConfig(Strict):
     )
     seed: int = Field(0, description="seeds sampling noise, timesteps, batches")
     model: ModelConfig
-    data: dict[str, Any] = Field(..., description="the data source (docs/data.md)")
+    data: DataConfig = Field(..., description="the data source (docs/data.md)")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
     iterations: list[IterationOverride] = Field(
         default_factory=lambda: [IterationOverride()],
         description="one entry per iteration ({} = defaults); sft and dpo take exactly one",
     )
-    evaluation: dict[str, Any] | None = Field(
+    evaluation: EvaluationConfig | None = Field(
         None, description="evaluate base and every iteration after training (docs/evaluation.md)"
     )
 
-    @field_validator("data")
+    @field_validator("data", "evaluation", mode="before")
     @classmethod
-    def _check_data(cls, value: dict[str, Any]) -> dict[str, Any]:
-        return _data_config_type().model_validate(value).model_dump(mode="json")
-
-    @field_validator("evaluation")
-    @classmethod
-    def _check_evaluation(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is None:
-            return None
-        from spin_diffusion.config.evaluation import EvaluationConfig
-
-        return EvaluationConfig.model_validate(value).model_dump(mode="json")
+    def _a_mapping(cls, value: Any, info: ValidationInfo) -> Any:
+        """A section given as a scalar or list gets the same one-line message as any other section."""
+        if isinstance(value, dict | BaseModel) or (value is None and info.field_name == "evaluation"):
+            return value
+        raise ValueError("Input should be a valid dictionary")
 
     @model_validator(mode="after")
     def _check_iterations(self) -> RunConfig:
@@ -456,115 +308,37 @@ class RunConfig(Strict):
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
-    def data_config(self) -> Any:
-        return _data_config_type().model_validate(self.data)
+    def data_config(self) -> DataConfig:
+        """The data settings (kept for the self-play driver's call sites; same as ``self.data``)."""
+        return self.data
 
-    def evaluation_config(self) -> Any | None:
-        if self.evaluation is None:
-            return None
-        from spin_diffusion.config.evaluation import EvaluationConfig
-
-        return EvaluationConfig.model_validate(self.evaluation)
+    def evaluation_config(self) -> EvaluationConfig | None:
+        """The evaluation settings, or None (same as ``self.evaluation``)."""
+        return self.evaluation
 
     def training_for(self, iteration: int) -> TrainingConfig:
         """The training settings of 1-based ``iteration`` with its overrides applied."""
-        override = self.iterations[iteration - 1]
-        values = {
-            k: v
-            for k, v in override.model_dump().items()
-            if v is not None and k in TrainingConfig.model_fields
-        }
-        return self.training.model_copy(update=values)
+        return self.training.model_copy(update=self._overrides(iteration, TrainingConfig))
 
     def sampling_for(self, iteration: int) -> SamplingConfig:
-        n = self.iterations[iteration - 1].num_samples_per_prompt
-        return self.sampling if n is None else self.sampling.model_copy(update={"num_samples_per_prompt": n})
+        """The sampling settings of 1-based ``iteration`` with its overrides applied."""
+        return self.sampling.model_copy(update=self._overrides(iteration, SamplingConfig))
+
+    def _overrides(self, iteration: int, section: type[BaseModel]) -> dict[str, Any]:
+        """The values iteration ``iteration`` sets for fields of ``section`` (unset ones keep the default)."""
+        override = self.iterations[iteration - 1]
+        return {k: v for k, v in override.model_dump().items() if v is not None and k in section.model_fields}
 
 
 # Parts of the config that decide what a run's results mean: changing them on resume mixes results.
 IDENTITY_KEYS = ("method", "model.pretrained", "model.revision", "model.lora", "data", "seed")
 
 
-def _format_error(exc: ValidationError, source: str) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    return f"{source}: {where}: {str(err['msg']).removeprefix('Value error, ')}"
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """``a.b.c=value`` with the value parsed as YAML (numbers, booleans, lists)."""
-    if "=" not in text:
-        raise ConfigError(f"override {text!r} must look like key.path=value")
-    key, raw = text.split("=", 1)
-    if not key.strip():
-        raise ConfigError(f"override {text!r} has an empty key")
-    try:
-        value = parse_yaml(raw, "") if raw.strip() else ""
-    except ConfigError as exc:
-        raise ConfigError(f"override {text!r}: value is not valid YAML") from exc
-    return key.strip().split("."), value
-
-
-def _list_index(node: list[Any], part: str, where: str, text: str) -> int:
-    """``part`` as an index into the list at ``where``, or a one-line error saying what fits."""
-    if not part.isdigit():
-        raise ConfigError(
-            f"override {text!r}: {where} is a list; use an index from 0 to {len(node) - 1}, not {part!r}"
-            if node
-            else f"override {text!r}: {where} is an empty list; write its entries in the config file"
-        )
-    index = int(part)
-    if index >= len(node):
-        entries = "1 entry" if len(node) == 1 else f"{len(node)} entries"
-        raise ConfigError(f"override {text!r}: {where} has {entries}, index {index} is out of range")
-    return index
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``--set key.path=value`` overrides in place; list entries are addressed by index."""
-    for text in overrides:
-        path, value = parse_override(text)
-        node: Any = raw
-        for depth, part in enumerate(path):
-            where = ".".join(path[:depth]) or "the top level"
-            last = depth == len(path) - 1
-            if isinstance(node, list):
-                index = _list_index(node, part, where, text)
-                if last:
-                    node[index] = value
-                else:
-                    node = node[index]
-            elif isinstance(node, dict):
-                if last:
-                    node[part] = value
-                elif part not in node and path[depth + 1].isdigit():
-                    raise ConfigError(
-                        f"override {text!r}: {'.'.join(path[: depth + 1])} is not in the config file, "
-                        f"so it has no entry {path[depth + 1]}; write the list in the file"
-                    )
-                else:
-                    node = node.setdefault(part, {})
-            else:
-                raise ConfigError(
-                    f"override {text!r}: {where} is a value ({node!r}), not a section with {part!r}"
-                )
-    return raw
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    """A config file's top-level mapping (duplicate keys and non-UTF-8 text are refused)."""
-    path = Path(path)
-    raw = read_yaml_file(path)
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of settings at the top level")
-    return raw
-
-
 def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:
     try:
         return RunConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(_format_error(exc, source)) from exc
+        raise ConfigError(format_validation_error(exc, source)) from exc
 
 
 def load_config(path: Path, overrides: list[str] | None = None) -> RunConfig:
@@ -591,45 +365,3 @@ def identity_changes(saved: RunConfig, current: RunConfig) -> list[str]:
     """The identity keys whose values differ between a saved run and the current config."""
     a, b = saved.model_dump(mode="json"), current.model_dump(mode="json")
     return [k for k in IDENTITY_KEYS if _lookup(a, k) != _lookup(b, k)]
-
-
-def config_reference_markdown() -> str:
-    """The field reference of docs/configuration.md, generated so it cannot drift from the code."""
-    sections = [
-        ("top level", RunConfig),
-        ("model", ModelConfig),
-        ("model.lora", LoraConfig),
-        ("sampling", SamplingConfig),
-        ("training", TrainingConfig),
-        ("training.dmpo", DmpoConfig),
-        ("training.see_dpo", SeeDpoConfig),
-        ("training.adaptive_dpo", AdaptiveDpoConfig),
-        ("training.kto", KtoConfig),
-        ("training.inversion", InversionConfig),
-        ("iterations[k]", IterationOverride),
-    ]
-    lines: list[str] = []
-    for title, model in sections:
-        lines += [
-            f"### `{title}`",
-            "",
-            (model.__doc__ or "").strip(),
-            "",
-            "| field | default | meaning |",
-            "|---|---|---|",
-        ]
-        for name, info in model.model_fields.items():
-            if isinstance(info.annotation, type) and issubclass(info.annotation, BaseModel):
-                continue
-            default = "required" if info.is_required() else _show(info.get_default(call_default_factory=True))
-            lines.append(f"| `{name}` | `{default}` | {info.description or ''} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, list):
-        return "[" + ", ".join(_show(v) for v in value) + "]"
-    if isinstance(value, BaseModel):
-        return yaml.safe_dump(value.model_dump(exclude_none=True), default_flow_style=True).strip()
-    return "null" if value is None else str(value)

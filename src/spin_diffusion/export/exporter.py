@@ -17,7 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from spin_diffusion.config.run import read_yaml, validate_config
+from spin_diffusion.config.base import read_yaml
+from spin_diffusion.config.run import validate_config
 from spin_diffusion.errors import CheckpointError, ConfigError, UserError
 from spin_diffusion.export.model_card import CardInputs, render_model_card
 from spin_diffusion.infra.atomic import write_text_atomic

@@ -156,7 +156,7 @@ def render_model_card(inp: CardInputs) -> str:
             if lora.enabled
             else "full fine-tune of the UNet"
         ),
-        f"- Data: {data.get('source')} `{data.get('path')}`, resolution {data.get('resolution')}",
+        f"- Data: {data.source} `{data.path}`, resolution {data.resolution}",
         f"- Seed: {cfg.seed}; objective {cfg.training.loss_type}"
         + (f", EMA {cfg.training.ema_decay}" if cfg.training.use_ema else ""),
         "",

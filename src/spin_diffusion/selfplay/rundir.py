@@ -15,7 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from spin_diffusion.config.run import RunConfig, dump_config, identity_changes, read_yaml, validate_config
+from spin_diffusion.config.base import read_yaml
+from spin_diffusion.config.run import RunConfig, dump_config, identity_changes, validate_config
 from spin_diffusion.errors import ConfigError, UserError
 from spin_diffusion.infra.atomic import write_json_atomic, write_text_atomic
 from spin_diffusion.infra.run_layout import RunLayout
