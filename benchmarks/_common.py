@@ -59,9 +59,9 @@ def toy_batch(pipe, size: int, *, paired: bool, seed: int = 0):
 
 def conditioning(pipe, captions):
     """The UNet conditioning for ``captions``, as training computes it."""
-    from spin_diffusion.model.families import encode_prompts
+    from spin_diffusion.model.families import Conditioning, encode_prompts
 
-    return encode_prompts(pipe.text_encoder, pipe.tokenizer, captions)
+    return Conditioning(encode_prompts(pipe.text_encoder, pipe.tokenizer, captions))
 
 
 def median_seconds(fn: Callable[[], object], repeats: int) -> float:

@@ -21,7 +21,9 @@ from _common import conditioning, model_dir, toy_batch
 
 from spin_diffusion.config.run import TrainingConfig
 from spin_diffusion.infra.seeds import sample_seed
-from spin_diffusion.model.pipelines import frozen_copy, load_pipeline, training_scheduler
+from spin_diffusion.model.loading import load_pipeline
+from spin_diffusion.model.prediction import training_scheduler
+from spin_diffusion.model.weights import frozen_copy
 from spin_diffusion.sampling.generate import generate_latents, use_scheduler
 from spin_diffusion.training.losses import compute_loss
 from spin_diffusion.training.reference import ModuleReference

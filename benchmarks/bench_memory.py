@@ -33,13 +33,10 @@ def run_variant(variant: str, model: str | None, batch: int, steps: int) -> dict
     from _common import conditioning, model_dir, toy_batch
 
     from spin_diffusion.config.run import TrainingConfig
-    from spin_diffusion.model.pipelines import (
-        LoraSettings,
-        add_lora,
-        frozen_copy,
-        load_pipeline,
-        training_scheduler,
-    )
+    from spin_diffusion.model.loading import load_pipeline
+    from spin_diffusion.model.lora import LoraSettings, add_lora
+    from spin_diffusion.model.prediction import training_scheduler
+    from spin_diffusion.model.weights import frozen_copy
     from spin_diffusion.training.losses import compute_loss
     from spin_diffusion.training.reference import ModuleReference, PrecomputedReference
 

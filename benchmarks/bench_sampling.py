@@ -28,7 +28,7 @@ from PIL import Image
 from spin_diffusion.config.run import SamplingConfig
 from spin_diffusion.data.encoding import encode_pixels
 from spin_diffusion.infra.seeds import sample_seed
-from spin_diffusion.model.pipelines import load_pipeline
+from spin_diffusion.model.loading import load_pipeline
 from spin_diffusion.sampling.generate import decode_latents, generate_latents, use_scheduler
 from spin_diffusion.toy.datasets import finetune_prompts
 from spin_diffusion.toy.oracle import judge

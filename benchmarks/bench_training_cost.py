@@ -26,13 +26,10 @@ import torch
 from _common import conditioning, model_dir, toy_batch
 
 from spin_diffusion.config.run import TrainingConfig
-from spin_diffusion.model.pipelines import (
-    LoraSettings,
-    add_lora,
-    frozen_copy,
-    load_pipeline,
-    training_scheduler,
-)
+from spin_diffusion.model.loading import load_pipeline
+from spin_diffusion.model.lora import LoraSettings, add_lora
+from spin_diffusion.model.prediction import training_scheduler
+from spin_diffusion.model.weights import frozen_copy
 from spin_diffusion.training.losses import compute_loss
 from spin_diffusion.training.reference import ModuleReference, PrecomputedReference
 
@@ -71,7 +68,7 @@ def measure(pipe, batch_size: int, repeats: int, lora: bool) -> dict[str, float]
 
     def ref_forward() -> None:  # what building the table costs per pair: one no-grad pass over both members
         latents = torch.cat([pairs.latents_a, pairs.latents_b])
-        reference.errors(pairs, latents, emb.repeat(2, 1, 1))
+        reference.errors(pairs, latents, emb.pair())
 
     paths: dict[str, Callable[[], None]] = {
         "sft": lambda: _step("sft", unet, opt, None, sft_b, emb, sched),

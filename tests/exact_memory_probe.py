@@ -18,11 +18,12 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DConditionModel
 
 from exact_direct import direct_exact_loss
 from spin_diffusion.config.run import TrainingConfig
-from spin_diffusion.model.pipelines import frozen_copy
+from spin_diffusion.model.families import Conditioning
+from spin_diffusion.model.weights import frozen_copy
 from spin_diffusion.sampling.trajectories import solver_schedule
 from spin_diffusion.training.batches import Batch, Trajectory
 from spin_diffusion.training.exact_spin import exact_spin_output
-from spin_diffusion.training.losses import Backprop
+from spin_diffusion.training.loss_types import Backprop
 from spin_diffusion.training.reference import ModuleReference
 
 B, SIZE, CHUNK = 1, 16, 4
@@ -33,10 +34,10 @@ def run(mode: str, steps: int, unet, ref, sched) -> None:
     g = torch.Generator().manual_seed(steps)
     traj = torch.randn(B, steps + 1, 4, SIZE, SIZE, generator=g)
     x0, eps = torch.randn(B, 4, SIZE, SIZE, generator=g), torch.randn(B, 4, SIZE, SIZE, generator=g)
-    emb = torch.randn(B, 4, 32, generator=g)
+    emb = Conditioning(torch.randn(B, 4, 32, generator=g))
     unet.zero_grad(set_to_none=True)
     if mode == "direct":
-        direct_exact_loss(unet, ref.unet, x0, eps, traj, schedule, emb, 100.0).backward()
+        direct_exact_loss(unet, ref.unet, x0, eps, traj, schedule, emb.hidden_states, 100.0).backward()
         return
     batch = Batch(
         indices=list(range(B)), epoch=[0] * B, captions=[""] * B, latents_a=x0, latents_b=None,

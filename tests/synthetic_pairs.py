@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from spin_diffusion.training.batches import Members
+
 SIX_CAPTIONS = (
     "a red circle",
     "a blue square",
@@ -39,7 +41,7 @@ class SyntheticPairs:
     def caption(self, index: int) -> str:
         return self.captions[index]
 
-    def latents(self, index: int, epoch: int, rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def latents(self, index: int, epoch: int, rng: torch.Generator) -> Members:
         if self.poison_from_epoch is not None and epoch >= self.poison_from_epoch:
-            return torch.full_like(self.a[index], float("nan")), self.b[index]
-        return self.a[index], self.b[index]
+            return Members(torch.full_like(self.a[index], float("nan")), self.b[index])
+        return Members(self.a[index], self.b[index])

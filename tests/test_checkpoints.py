@@ -12,7 +12,9 @@ import pytest
 from spin_diffusion.config.run import TrainingConfig
 from spin_diffusion.errors import UserError
 from spin_diffusion.model.families import prompt_encoder
-from spin_diffusion.model.pipelines import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
+from spin_diffusion.model.loading import load_pipeline
+from spin_diffusion.model.prediction import training_scheduler
+from spin_diffusion.model.weights import fingerprint_module, frozen_copy
 from spin_diffusion.training.checkpoints import list_checkpoints
 from spin_diffusion.training.reference import ModuleReference
 from spin_diffusion.training.trainer import Trainer
@@ -202,7 +204,7 @@ def test_another_save_failure_is_not_called_a_full_disk_and_leaves_no_temporary(
 def _lora_trainer(pipe, out_dir: Path, max_steps: int) -> Trainer:
     import torch
 
-    from spin_diffusion.model.pipelines import LoraSettings, add_lora
+    from spin_diffusion.model.lora import LoraSettings, add_lora
 
     unet = frozen_copy(pipe.unet)
     torch.manual_seed(3)  # the adapter's initial A: the same in every run of this test

@@ -104,7 +104,7 @@ def test_config_module_does_not_import_torch():
 
 
 def test_prompt_sets_are_read_through_the_data_loader(tmp_path: Path):
-    from spin_diffusion.evaluation.runner import resolve_prompts
+    from spin_diffusion.evaluation.prompts import resolve_prompts
 
     (tmp_path / "p.txt").write_text("a red circle\n\na blue square\na green cross\n")
     cfg = EvaluationConfig(

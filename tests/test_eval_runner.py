@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 import spin_diffusion.evaluation.registry as registry
-import spin_diffusion.model.pipelines as models_mod
+import spin_diffusion.model.loading as models_mod
 import spin_diffusion.sampling.generate as sampling_mod
 from spin_diffusion.config.evaluation import EvaluationConfig
 from spin_diffusion.errors import CheckpointError

@@ -15,13 +15,15 @@ import torch
 
 from exact_direct import direct_exact_loss
 from spin_diffusion.config.run import TrainingConfig
-from spin_diffusion.model.families import encode_prompts
-from spin_diffusion.model.pipelines import frozen_copy, load_pipeline, training_scheduler
+from spin_diffusion.model.families import Conditioning, encode_prompts
+from spin_diffusion.model.loading import load_pipeline
+from spin_diffusion.model.prediction import training_scheduler
+from spin_diffusion.model.weights import frozen_copy
 from spin_diffusion.sampling.generate import generate_latents, use_scheduler
 from spin_diffusion.sampling.trajectories import solver_schedule, transition_target
 from spin_diffusion.training.batches import Batch, Trajectory
 from spin_diffusion.training.exact_spin import exact_spin_output
-from spin_diffusion.training.losses import Backprop
+from spin_diffusion.training.loss_types import Backprop
 from spin_diffusion.training.reference import ModuleReference
 
 CAPTIONS = ["a red circle", "a blue square on the left"]
@@ -113,7 +115,7 @@ def test_unguided_ddim_steps_imply_exactly_the_opponents_own_prediction(pipe) ->
     traj, schedule = _trajectory(pipe, "ddim", 5, guidance=1.0)
     batch = _batch(traj, schedule)
     unet, ref = _models(pipe)
-    emb = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions)
+    emb = Conditioning(encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions))
     out = exact_spin_output(TrainingConfig(beta=100.0), unet, ref.noise_scheduler, ref, batch, emb)
     assert out.metrics["ref_err_gen"] < 1e-8 * out.metrics["ref_err_real"]
     assert out.metrics["model_err_gen"] > 1e-6  # theta differs from theta_k
@@ -149,7 +151,7 @@ def test_two_pass_loss_and_gradient_equal_direct_autograd(
     traj, schedule = _trajectory(p, scheduler, 5)
     batch = _batch(traj, schedule)
     unet, ref = _models(p)
-    emb = encode_prompts(p.text_encoder, p.tokenizer, batch.captions)
+    emb = Conditioning(encode_prompts(p.text_encoder, p.tokenizer, batch.captions))
     cfg = TrainingConfig(
         beta=beta, loss_type=loss_type, trajectory_chunk_size=3
     )  # chunks cut across examples
@@ -163,7 +165,16 @@ def test_two_pass_loss_and_gradient_equal_direct_autograd(
 
     unet.zero_grad(set_to_none=True)
     direct = direct_exact_loss(
-        unet, ref.unet, batch.latents_a, batch.noise, traj, schedule, emb, cfg.beta, kind, loss_type
+        unet,
+        ref.unet,
+        batch.latents_a,
+        batch.noise,
+        traj,
+        schedule,
+        emb.hidden_states,
+        cfg.beta,
+        kind,
+        loss_type,
     )
     direct.backward()
     assert out.loss.item() == pytest.approx(direct.item(), rel=1e-4)  # fp32 errors x beta
@@ -178,7 +189,7 @@ def test_random_step_subsets_average_to_the_full_gradient(pipe) -> None:
     traj, schedule = _trajectory(pipe, "ddim", 4)
     traj = traj[:1]
     unet, ref = _models(pipe)
-    emb = encode_prompts(pipe.text_encoder, pipe.tokenizer, CAPTIONS[:1])
+    emb = Conditioning(encode_prompts(pipe.text_encoder, pipe.tokenizer, CAPTIONS[:1]))
 
     def gradient(grad_steps, order):
         unet.zero_grad(set_to_none=True)
@@ -207,7 +218,7 @@ def test_precomputed_reference_is_refused(pipe) -> None:
 
     traj, schedule = _trajectory(pipe, "ddim", 2)
     batch = _batch(traj, schedule)
-    emb = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions)
+    emb = Conditioning(encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions))
     with pytest.raises(ConfigError, match="precompute_reference"):
         exact_spin_output(
             TrainingConfig(),

@@ -58,7 +58,7 @@ def test_export_loads_with_diffusers_alone_and_matches_the_run(
 ) -> None:
     from diffusers import DiffusionPipeline
 
-    from spin_diffusion.model.pipelines import load_pipeline
+    from spin_diffusion.model.loading import load_pipeline
 
     out = tmp_path / "export"
     assert main(["export", str(full_run), str(out)]) == 0

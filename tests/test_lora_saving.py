@@ -18,16 +18,10 @@ import yaml
 from PIL import Image
 
 from spin_diffusion.cli.main import main
-from spin_diffusion.model.pipelines import (
-    LORA_WEIGHT_NAME,
-    LoraSettings,
-    add_lora,
-    fingerprint_module,
-    load_pipeline,
-    load_trained_into,
-    merge_lora,
-    save_trained_unet,
-)
+from spin_diffusion.model.loading import load_pipeline, load_trained_into
+from spin_diffusion.model.lora import LORA_WEIGHT_NAME, LoraSettings, add_lora, merge_lora
+from spin_diffusion.model.saving import save_trained_unet
+from spin_diffusion.model.weights import fingerprint_module
 
 X = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(1))
 EMB = torch.randn(2, 8, 16, generator=torch.Generator().manual_seed(2))

@@ -9,21 +9,12 @@ import pytest
 import torch
 
 from spin_diffusion.errors import CheckpointError, ConfigError
-from spin_diffusion.model.pipelines import (
-    LoraSettings,
-    adapters_disabled,
-    add_lora,
-    check_lora_targets,
-    check_same_architecture,
-    fingerprint_module,
-    frozen_copy,
-    load_pipeline,
-    load_trained_into,
-    prediction_error,
-    save_full_pipeline,
-    save_trained_unet,
-    training_scheduler,
-)
+from spin_diffusion.model.families import Conditioning
+from spin_diffusion.model.loading import check_same_architecture, load_pipeline, load_trained_into
+from spin_diffusion.model.lora import LoraSettings, adapters_disabled, add_lora, check_lora_targets
+from spin_diffusion.model.prediction import prediction_error, training_scheduler
+from spin_diffusion.model.saving import save_full_pipeline, save_trained_unet
+from spin_diffusion.model.weights import fingerprint_module, frozen_copy
 
 
 def _sample(pipe, seed: int = 0) -> torch.Tensor:
@@ -42,7 +33,7 @@ def _train_steps(unet, pipe, steps: int = 3, lr: float = 1e-2) -> None:
     opt = torch.optim.AdamW([p for p in unet.parameters() if p.requires_grad], lr=lr)
     gen = torch.Generator().manual_seed(0)
     x0 = torch.randn(2, 4, 8, 8, generator=gen)
-    emb = torch.randn(2, 8, 16, generator=gen)
+    emb = Conditioning(torch.randn(2, 8, 16, generator=gen))
     for _ in range(steps):
         t = torch.randint(0, 1000, (2,), generator=gen)
         eps = torch.randn(x0.shape, generator=gen)
@@ -80,13 +71,13 @@ def test_prediction_error_uses_scheduler_target(tiny_pipeline_dir: Path, tiny_vp
         assert sched.config.prediction_type == kind
         gen = torch.Generator().manual_seed(0)
         x0, eps = torch.randn(2, 4, 8, 8, generator=gen), torch.randn(2, 4, 8, 8, generator=gen)
-        emb = torch.randn(2, 8, 16, generator=gen)
+        emb = Conditioning(torch.randn(2, 8, 16, generator=gen))
         t = torch.tensor([10, 900])
         err = prediction_error(pipe.unet, sched, x0, emb, t, eps)
         abar = sched.alphas_cumprod[t].view(-1, 1, 1, 1)
         noisy = abar.sqrt() * x0 + (1 - abar).sqrt() * eps
         target = eps if kind == "epsilon" else abar.sqrt() * eps - (1 - abar).sqrt() * x0
-        pred = pipe.unet(noisy, t, emb).sample
+        pred = pipe.unet(noisy, t, emb.hidden_states).sample
         torch.testing.assert_close(err, ((pred - target) ** 2).mean(dim=(1, 2, 3)), rtol=1e-4, atol=1e-6)
 
 
@@ -181,7 +172,7 @@ def test_saved_tokenizer_is_word_level(tiny_pipeline_dir: Path) -> None:
 def test_merge_lora_gives_a_plain_unet_with_the_same_output(tiny_pipeline_dir: Path) -> None:
     import copy
 
-    from spin_diffusion.model.pipelines import merge_lora
+    from spin_diffusion.model.lora import merge_lora
 
     unet = load_pipeline(tiny_pipeline_dir).unet
     base_keys = set(unet.state_dict())

@@ -125,8 +125,9 @@ def test_inverted_errors_on_a_tiny_unet(tiny_pipeline_dir) -> None:
     from diffusers import StableDiffusionPipeline
 
     from spin_diffusion.config.run import TrainingConfig
-    from spin_diffusion.model.families import encode_prompts
-    from spin_diffusion.model.pipelines import frozen_copy, training_scheduler
+    from spin_diffusion.model.families import Conditioning, encode_prompts
+    from spin_diffusion.model.prediction import training_scheduler
+    from spin_diffusion.model.weights import frozen_copy
     from spin_diffusion.training.batches import Batch
     from spin_diffusion.training.losses import compute_loss, inverted_errors
     from spin_diffusion.training.reference import ModuleReference
@@ -144,7 +145,7 @@ def test_inverted_errors_on_a_tiny_unet(tiny_pipeline_dir) -> None:
         timesteps=torch.tensor([100, 700]),
         noise=torch.randn(shape, generator=g),
     )
-    emb = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions)
+    emb = Conditioning(encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions))
     cfg = TrainingConfig(beta=1000.0, inversion={"steps": 3})
     ref = ModuleReference(frozen_copy(pipe.unet), sched)
     out = compute_loss("inversion-dpo", cfg, pipe.unet, sched, ref, batch, emb)

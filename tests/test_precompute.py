@@ -16,8 +16,10 @@ from launch import train_two_processes
 from spin_diffusion.cli.main import main
 from spin_diffusion.config.run import TrainingConfig
 from spin_diffusion.errors import CheckpointError
-from spin_diffusion.model.families import encode_prompts, prompt_encoder
-from spin_diffusion.model.pipelines import frozen_copy, load_pipeline, training_scheduler
+from spin_diffusion.model.families import Conditioning, encode_prompts, prompt_encoder
+from spin_diffusion.model.loading import load_pipeline
+from spin_diffusion.model.prediction import training_scheduler
+from spin_diffusion.model.weights import frozen_copy
 from spin_diffusion.training.batches import make_batch, micro_batch_items
 from spin_diffusion.training.reference import (
     ModuleReference,
@@ -141,8 +143,8 @@ def _precompute(pipe, reference, plan: ReferencePlan, chunk_dir: Path, rank: int
 
 def _live(pipe, reference: ModuleReference, items) -> torch.Tensor:
     batch = make_batch(SyntheticPairs(), items, seed=3, num_train_timesteps=1000)
-    emb = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions)
-    err = reference.errors(batch, torch.cat([batch.latents_a, batch.latents_b]), emb.repeat(2, 1, 1))
+    emb = Conditioning(encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions))
+    err = reference.errors(batch, torch.cat([batch.latents_a, batch.latents_b]), emb.pair())
     return torch.stack([err[: len(items)], err[len(items) :]], dim=1)
 
 
@@ -220,12 +222,12 @@ def test_a_lookup_outside_the_precomputed_items_is_an_error(pipe) -> None:
     table[0, 2] = torch.tensor([0.5, 0.25])
     ref = PrecomputedReference(table, source="iter-1/reference_errors.safetensors")
     ok = make_batch(SyntheticPairs(), [(2, 0)], seed=3, num_train_timesteps=1000)
-    assert ref.errors(ok, torch.zeros(2, 4, 8, 8), torch.zeros(2, 1, 1)).tolist() == [0.5, 0.25]
+    assert ref.errors(ok, torch.zeros(2, 4, 8, 8), Conditioning(torch.zeros(2, 1, 1))).tolist() == [0.5, 0.25]
     missing = make_batch(SyntheticPairs(), [(2, 0), (4, 0)], seed=3, num_train_timesteps=1000)
     with pytest.raises(
         CheckpointError, match=r"reference_errors.safetensors have no entry for example 4 in epoch 0"
     ):
-        ref.errors(missing, torch.zeros(4, 4, 8, 8), torch.zeros(4, 1, 1))
+        ref.errors(missing, torch.zeros(4, 4, 8, 8), Conditioning(torch.zeros(4, 1, 1)))
 
 
 @pytest.mark.distributed

@@ -11,7 +11,8 @@ import torch
 from spin_diffusion.config.run import SamplingConfig
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.infra.seeds import sample_seed
-from spin_diffusion.model.pipelines import fingerprint_module, load_pipeline
+from spin_diffusion.model.loading import load_pipeline
+from spin_diffusion.model.weights import fingerprint_module
 from spin_diffusion.sampling.generate import generate_latents, use_scheduler
 from spin_diffusion.sampling.opponent import sample_opponent
 

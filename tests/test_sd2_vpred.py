@@ -24,7 +24,8 @@ def sd_class():
 
 def test_the_tiny_sd2_is_a_v_prediction_stable_diffusion_pipeline(tiny_sd2_dir: Path) -> None:
     from spin_diffusion.model.families import SD, prompt_encoder
-    from spin_diffusion.model.pipelines import load_pipeline, training_scheduler
+    from spin_diffusion.model.loading import load_pipeline
+    from spin_diffusion.model.prediction import training_scheduler
 
     pipe = load_pipeline(tiny_sd2_dir)
     assert training_scheduler(pipe).config.prediction_type == "v_prediction"

@@ -22,7 +22,8 @@ from family_runs import (
 from spin_diffusion.cli.main import main
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.model.families import SDXL, family_of_directory, prompt_encoder
-from spin_diffusion.model.pipelines import load_pipeline, prediction_error, training_scheduler
+from spin_diffusion.model.loading import load_pipeline
+from spin_diffusion.model.prediction import prediction_error, training_scheduler
 
 CAPTIONS = ["a red circle", "a blue square on the left", ""]
 

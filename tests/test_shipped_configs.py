@@ -147,7 +147,7 @@ def test_a_trained_directory_given_as_the_pipeline_names_the_field(
 
 
 def test_toy_base_alias_loads_the_shipped_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from spin_diffusion.model.pipelines import load_pipeline, resolve_model_source
+    from spin_diffusion.model.loading import load_pipeline, resolve_model_source
     from spin_diffusion.toy import base_model_path
 
     monkeypatch.chdir(tmp_path)

@@ -59,7 +59,7 @@ def test_shipped_base_latents_are_unit_scaled(base_pipe):
 
 
 def test_shipped_base_samples_deterministically_through_the_project_loader():
-    from spin_diffusion.model.pipelines import load_pipeline
+    from spin_diffusion.model.loading import load_pipeline
 
     pipe = load_pipeline(base_model_path())
     pipe.set_progress_bar_config(disable=True)

@@ -9,8 +9,10 @@ import pytest
 import torch
 
 from spin_diffusion.config.run import TrainingConfig
-from spin_diffusion.model.families import encode_prompts, prompt_encoder
-from spin_diffusion.model.pipelines import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
+from spin_diffusion.model.families import Conditioning, encode_prompts, prompt_encoder
+from spin_diffusion.model.loading import load_pipeline
+from spin_diffusion.model.prediction import training_scheduler
+from spin_diffusion.model.weights import fingerprint_module, frozen_copy
 from spin_diffusion.training.batches import make_batch, micro_batch_items
 from spin_diffusion.training.checkpoints import list_checkpoints
 from spin_diffusion.training.losses import compute_loss
@@ -112,7 +114,7 @@ def test_precomputed_reference_gives_the_same_loss(pipe, tmp_path: Path) -> None
     assert table.shape == (2, 6, 2) and not table.isnan().any()  # two micro-batches per epoch
     items = micro_batch_items(6, 2, batch_size=3, rank=0, world_size=1, seed=3)  # a batch of epoch 1
     batch = make_batch(data, items, seed=3, num_train_timesteps=1000)
-    emb = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions)
+    emb = Conditioning(encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions))
     live = compute_loss("spin", cfg, model, sched, ref, batch, emb)
     pre = compute_loss("spin", cfg, model, sched, PrecomputedReference(table), batch, emb)
     assert live.loss.item() == pre.loss.item()  # the same micro-batch: the same numbers
@@ -315,7 +317,7 @@ def test_logged_metrics_are_the_mean_over_the_steps_micro_batches(pipe, tmp_path
     for m in range(4):  # what the loop's four micro-batches give with the weights before the step
         batch = make_batch(data, micro_batch_items(8, m, batch_size=2, rank=0, world_size=1, seed=11), seed=11,
                            num_train_timesteps=1000)  # fmt: skip
-        emb = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions)
+        emb = Conditioning(encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions))
         with torch.no_grad():
             per_micro.append(compute_loss("spin", cfg, model, sched, ref, batch, emb).metrics)
     _trainer(pipe, tmp_path / "run", cfg, data=data, unet=_perturbed(pipe)).train()

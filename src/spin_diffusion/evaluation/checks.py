@@ -18,8 +18,10 @@ from typing import Any
 
 from spin_diffusion.config.evaluation import _PATH_FIELDS, EvaluationConfig, ModelEntry
 from spin_diffusion.errors import CheckpointError, ConfigError, DataError
+from spin_diffusion.evaluation.prompts import resolve_prompts
+from spin_diffusion.model.loading import looks_like_local_path, resolve_model_source
+from spin_diffusion.model.lora import LORA_WEIGHT_NAME
 
-LORA_FILE = "pytorch_lora_weights.safetensors"
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _ITERATION_DIR = re.compile(r"^(?P<run>.*)/iter-(?P<k>\d+)/model/?$")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -35,8 +37,8 @@ def _weights_kind(path: Path) -> str | None:
     if path.is_file():
         return "LoRA file" if path.suffix == ".safetensors" else None
     if (path / "unet" / "config.json").is_file():
-        return "unet/" + (" + LoRA" if (path / LORA_FILE).is_file() else "")
-    if (path / LORA_FILE).is_file():
+        return "unet/" + (" + LoRA" if (path / LORA_WEIGHT_NAME).is_file() else "")
+    if (path / LORA_WEIGHT_NAME).is_file():
         return "LoRA relative to the base"
     if (path / "config.json").is_file() and not (path / "model_index.json").is_file():
         return "UNet directory"
@@ -45,8 +47,6 @@ def _weights_kind(path: Path) -> str | None:
 
 def check_pipeline(source: str, field: str) -> str:
     """A model path must be a complete diffusers pipeline directory (or a hub id); returns what it is."""
-    from spin_diffusion.model.pipelines import looks_like_local_path, resolve_model_source
-
     resolved = resolve_model_source(source)
     path = Path(resolved).expanduser()
     if not path.exists():
@@ -84,7 +84,7 @@ def check_trained(trained: str, field: str) -> str:
     if kind is None:
         if (path / "model_index.json").is_file() and (path / "unet").is_dir():
             return "the unet/ of a full pipeline"
-        raise CheckpointError(f"{field}: {trained} holds neither unet/ nor {LORA_FILE}")
+        raise CheckpointError(f"{field}: {trained} holds neither unet/ nor {LORA_WEIGHT_NAME}")
     return kind
 
 
@@ -115,8 +115,6 @@ def check_models(models: Mapping[str, Any], entries: Mapping[str, ModelEntry]) -
 
 def check_prompts(cfg: EvaluationConfig) -> list[str]:
     """The prompt set loads and is not empty."""
-    from spin_diffusion.evaluation.runner import resolve_prompts
-
     try:
         prompts = resolve_prompts(cfg)
     except DataError as exc:

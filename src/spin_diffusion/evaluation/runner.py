@@ -17,6 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.config.evaluation import EvaluationConfig, ModelEntry, ScorerConfig, check_model_name
 from spin_diffusion.errors import ConfigError
+from spin_diffusion.evaluation import aggregate as agg
+from spin_diffusion.evaluation import distribution as dist
+from spin_diffusion.evaluation import plots, registry
+from spin_diffusion.evaluation.checks import check_evaluation
+from spin_diffusion.evaluation.report import render_markdown
+from spin_diffusion.evaluation.scorer_base import resolve_device
 from spin_diffusion.evaluation.store import (
     EvalStore,
     ScoreKey,
@@ -24,6 +30,10 @@ from spin_diffusion.evaluation.store import (
     prompt_id,
 )
 from spin_diffusion.infra.atomic import atomic_file, save_image_atomic, write_json_atomic, write_text_atomic
+from spin_diffusion.infra.seeds import sample_seed
+from spin_diffusion.model import loading
+from spin_diffusion.sampling import generate
+from spin_diffusion.toy import oracle
 
 if TYPE_CHECKING:
     import numpy as np
@@ -56,15 +66,12 @@ def check_scorers(cfg: EvaluationConfig) -> None:
     also catches weights of the wrong layout, so each scorer is built for real
     (on the CPU, so no accelerator memory is held while the images are made).
     """
-    from spin_diffusion.evaluation import registry
 
     for scorer_cfg in cfg.scorers:
         scorer = registry.build_scorer(scorer_cfg, "cpu")
         del scorer
     if cfg.distribution is not None:
-        from spin_diffusion.evaluation.distribution import build_feature_extractor
-
-        feature = build_feature_extractor(cfg.distribution, "cpu")
+        feature = dist.build_feature_extractor(cfg.distribution, "cpu")
         del feature
     gc.collect()
 
@@ -78,20 +85,8 @@ def _images_missing(store: EvalStore, names: list[str], prompts: list[str], cfg:
     )
 
 
-def resolve_prompts(cfg: EvaluationConfig) -> list[str]:
-    if isinstance(cfg.prompts, list):
-        return list(cfg.prompts)
-    from spin_diffusion.data.prompts import load_prompts
-
-    prompts = load_prompts(cfg.prompts)
-    if not prompts:
-        raise ConfigError(f"evaluation.prompts: {cfg.prompts.path} gave no prompts")
-    return prompts
-
-
 def image_seed(cfg: EvaluationConfig, pid: str, j: int) -> int:
     """Image j of a prompt gets the same seed for every model."""
-    from spin_diffusion.infra.seeds import sample_seed
 
     return sample_seed(cfg.seed, pid, j)
 
@@ -119,17 +114,15 @@ def ensure_images(
                 todo.setdefault((pid, j), p)
     if not todo:
         return 0
-    from spin_diffusion.model.pipelines import load_pipeline
-    from spin_diffusion.sampling.generate import generate_images, use_scheduler
 
     log.info("%s: generating %d images", name, len(todo))
-    pipe = load_pipeline(entry.path, trained=entry.trained)
+    pipe = loading.load_pipeline(entry.path, trained=entry.trained)
     pipe.to(device)
-    use_scheduler(pipe, cfg.scheduler)
+    generate.use_scheduler(pipe, cfg.scheduler)
     items = list(todo.items())
     for start in range(0, len(items), cfg.batch_size):
         chunk = items[start : start + cfg.batch_size]
-        images = generate_images(
+        images = generate.generate_images(
             pipe,
             [p for _, p in chunk],
             [image_seed(cfg, pid, j) for (pid, j), _ in chunk],
@@ -178,10 +171,9 @@ def score_images(
                     todo.append((key, path, sha, p))
     if not todo:
         return 0
-    from spin_diffusion.evaluation.registry import build_scorer
 
     log.info("%s: scoring %d images", scorer_cfg.metric, len(todo))
-    scorer = build_scorer(scorer_cfg, device)
+    scorer = registry.build_scorer(scorer_cfg, device)
     for start in range(0, len(todo), SCORE_CHUNK):
         chunk = todo[start : start + SCORE_CHUNK]
         values = scorer.score([_open_image(path) for _, path, _, _ in chunk], [p for *_, p in chunk])
@@ -260,8 +252,6 @@ def _distribution(
     import hashlib
     import json
 
-    from spin_diffusion.evaluation import distribution as dist
-
     dcfg = cfg.distribution
     assert dcfg is not None
     ref_dir = Path(dcfg.reference_dir)
@@ -313,13 +303,12 @@ def _toy_set_metrics(
     store: EvalStore, models: list[str], prompts: list[str], cfg: EvaluationConfig
 ) -> dict[str, dict[str, float]]:
     """The toy oracle's set-level numbers per model (open-attribute TV distance, diversity)."""
-    from spin_diffusion.toy.oracle import set_metrics
 
     out = {}
     for name in models:
         pairs = [(p, j) for p in prompts for j in range(cfg.n_images_per_prompt)]
         images = [_open_image(store.image_path(name, prompt_id(p), j)) for p, j in pairs]
-        out[name] = {k: float(v) for k, v in set_metrics(images, [p for p, _ in pairs]).items()}
+        out[name] = {k: float(v) for k, v in oracle.set_metrics(images, [p for p, _ in pairs]).items()}
     return out
 
 
@@ -327,7 +316,6 @@ def aggregate_results(
     table: dict[str, dict[str, np.ndarray]], cfg: EvaluationConfig, baseline: str | None
 ) -> dict[str, Any]:
     """Mean, median, best-of-N and win rates from a score table (the pure part of the report)."""
-    from spin_diffusion.evaluation import aggregate as agg
 
     return {
         "mean": agg.summary(table, "mean"),
@@ -353,8 +341,6 @@ def evaluate_models(
     win-rate table and plot compare against; win rates of every ordered pair
     are in the dict either way.
     """
-    from spin_diffusion.evaluation.checks import check_evaluation
-    from spin_diffusion.evaluation.scorer_base import resolve_device
 
     entries = _entries(models)
     names = list(entries)
@@ -403,23 +389,18 @@ def evaluate_models(
     artefacts = {"scores": "scores.jsonl", "scores_table": "scores.parquet", "results": "results.json"}
     _write_wide_scores(store.root / "scores.parquet", table, prompts, cfg)
     if cfg.grid_prompts > 0:
-        from spin_diffusion.evaluation.plots import labelled_grid
-
         shown = list(dict.fromkeys(prompts))[: cfg.grid_prompts]
         rows = {n: [_open_image(store.image_path(n, prompt_id(p), 0)) for p in shown] for n in names}
-        grid = labelled_grid(rows)
+        grid = plots.labelled_grid(rows)
         save_image_atomic(grid, store.root / "grid.png")
         artefacts["grid"] = "grid.png"
-    from spin_diffusion.evaluation.plots import plot_metrics, plot_win_rates
 
-    plot_metrics(results, store.root / "plots" / "metrics.png")
+    plots.plot_metrics(results, store.root / "plots" / "metrics.png")
     artefacts["metrics_plot"] = "plots/metrics.png"
     if len(names) > 1:
-        plot_win_rates(results, baseline, store.root / "plots" / "win_rate.png")
+        plots.plot_win_rates(results, baseline, store.root / "plots" / "win_rate.png")
         artefacts["win_rate_plot"] = "plots/win_rate.png"
     results["artefacts"] = artefacts
-
-    from spin_diffusion.evaluation.report import render_markdown
 
     write_json_atomic(store.root / "results.json", results)
     write_text_atomic(store.root / "results.md", render_markdown(results))

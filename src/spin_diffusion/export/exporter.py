@@ -47,7 +47,7 @@ def _hub_offline() -> bool:
 
 def check_push_possible(repo_id: str) -> None:
     """Refuse ``--push-to-hub`` up front when the hub cannot be reached by configuration."""
-    from spin_diffusion.model.pipelines import looks_like_local_path
+    from spin_diffusion.model.loading import looks_like_local_path
 
     if looks_like_local_path(repo_id):
         raise ConfigError(f"--push-to-hub {repo_id}: a hub repository id looks like owner/name")
@@ -76,7 +76,7 @@ def _relative_lora(model_dir: Path) -> Path | None:
     """The iteration's LoRA file when it is relative to the base model (the only kind worth shipping)."""
     from safetensors import safe_open
 
-    from spin_diffusion.model.pipelines import LORA_KIND, LORA_KIND_KEY, LORA_WEIGHT_NAME
+    from spin_diffusion.model.lora import LORA_KIND, LORA_KIND_KEY, LORA_WEIGHT_NAME
 
     path = model_dir / LORA_WEIGHT_NAME
     if not path.is_file():
@@ -118,7 +118,8 @@ def export_run(
 
     import torch
 
-    from spin_diffusion.model.pipelines import load_pipeline, save_full_pipeline
+    from spin_diffusion.model.loading import load_pipeline
+    from spin_diffusion.model.saving import save_full_pipeline
     from spin_diffusion.selfplay.opponents import load_iteration_unet
 
     model_dir = layout.iteration(k).model

@@ -44,7 +44,7 @@ class CardInputs:
 
 
 def _front_matter(inp: CardInputs) -> list[str]:
-    from spin_diffusion.model.pipelines import looks_like_local_path
+    from spin_diffusion.model.loading import looks_like_local_path
 
     cfg = inp.cfg
     tags = ["text-to-image", "diffusers", "spin-diffusion", cfg.method] + (["lora"] if inp.lora_file else [])

@@ -110,11 +110,6 @@ class Conditioning:
         return kwargs
 
 
-def as_conditioning(value: Conditioning | torch.Tensor) -> Conditioning:
-    """Bare hidden states (the SD 1/2 form older callers pass) as a :class:`Conditioning`."""
-    return value if isinstance(value, Conditioning) else Conditioning(value)
-
-
 class PromptEncoder(ABC):
     """A pipeline's frozen text encoders, bound once; turns captions into :class:`Conditioning`."""
 

@@ -50,7 +50,8 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
 
     from spin_diffusion.data.latents import latent_cache_key
     from spin_diffusion.model.families import prompt_encoder
-    from spin_diffusion.model.pipelines import check_lora_targets, load_pipeline
+    from spin_diffusion.model.loading import load_pipeline
+    from spin_diffusion.model.lora import check_lora_targets
 
     check_resumable(cfg)
     accelerator = Accelerator(
@@ -98,7 +99,7 @@ def _run_locked(
     show_progress: bool,
 ) -> dict[str, Any]:
     """The iterations, with the run directory locked and its config and data recorded."""
-    from spin_diffusion.model.pipelines import fingerprint_module
+    from spin_diffusion.model.weights import fingerprint_module
 
     started = time.time()
     clock = PhaseClock()
@@ -128,7 +129,7 @@ def _prepare(
 ) -> RunContext:
     """Freeze and place the fixed parts, encode (or reuse) the real latents, and say what the run will do."""
     from spin_diffusion.data.latents import ensure_latent_cache
-    from spin_diffusion.model.pipelines import training_scheduler
+    from spin_diffusion.model.prediction import training_scheduler
     from spin_diffusion.model.tokens import warn_caption_tokens
 
     for part in (pipe.vae, *prompts.modules):

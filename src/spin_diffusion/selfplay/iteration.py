@@ -122,7 +122,7 @@ def build_data(ctx: RunContext, stage: _Stage, opponent: Opponent) -> tuple[Any,
 
 def trainable_copy(cfg: RunConfig, opponent: Any) -> Any:
     """The trained model starts from theta_{k-1}: a copy, with a fresh LoRA on it or all weights trainable."""
-    from spin_diffusion.model.pipelines import LoraSettings, add_lora
+    from spin_diffusion.model.lora import LoraSettings, add_lora
 
     unet = copy.deepcopy(opponent)
     lora = cfg.model.lora
@@ -135,7 +135,7 @@ def trainable_copy(cfg: RunConfig, opponent: Any) -> Any:
 
 def build_reference(ctx: RunContext, stage: _Stage, opponent: Opponent, unet: Any, data: Any) -> Any:
     """theta_{k-1} (SPIN) or theta_0 (DPO family) as the loss sees it: live, or its errors precomputed once."""
-    from spin_diffusion.model.pipelines import frozen_copy
+    from spin_diffusion.model.weights import frozen_copy
     from spin_diffusion.training.reference import ModuleReference, PrecomputedReference
 
     cfg = ctx.cfg
@@ -237,7 +237,8 @@ def train(
 
 def save(ctx: RunContext, stage: _Stage, trained: Any, result: Any, previous: Path | None) -> Opponent:
     """Write ``model/`` (loadable by diffusers) and the training summary; theta_k merged, as the next opponent."""
-    from spin_diffusion.model.pipelines import fingerprint_module, save_trained_unet
+    from spin_diffusion.model.saving import save_trained_unet
+    from spin_diffusion.model.weights import fingerprint_module
     from spin_diffusion.training.trainer import write_summary
 
     accelerator = ctx.accelerator

@@ -25,7 +25,7 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def merged_copy(unet: Any) -> Any:
     """A plain UNet with any LoRA folded in: theta_k as the next opponent sees it."""
-    from spin_diffusion.model.pipelines import has_lora, merge_lora
+    from spin_diffusion.model.lora import has_lora, merge_lora
 
     clone = copy.deepcopy(unet)
     if has_lora(clone):
@@ -37,7 +37,7 @@ def merged_copy(unet: Any) -> Any:
 
 def load_iteration_unet(template: Any, pipe: Any, model_dir: Path) -> Any:
     """theta_k from a finished iteration's ``model/`` directory, as a plain (merged) UNet."""
-    from spin_diffusion.model.pipelines import load_trained_into
+    from spin_diffusion.model.loading import load_trained_into
 
     original = pipe.unet
     pipe.unet = copy.deepcopy(template)

@@ -44,7 +44,7 @@ def evaluate_model(
     steps: int = 20,
 ) -> dict[str, float]:
     """Oracle set metrics of a pipeline's samples on ``eval_prompts(n_prompts, seed)``."""
-    from spin_diffusion.model.pipelines import load_pipeline
+    from spin_diffusion.model.loading import load_pipeline
 
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)

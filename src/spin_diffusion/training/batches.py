@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
@@ -29,16 +29,12 @@ class Members:
     """One example's latents and, where known, each image's size and crop (SDXL's ``add_time_ids``).
 
     A size of None means "seen whole at the trained size" (a generated sample).
-    Unpacks as ``(a, b)``, like the plain tuple a ``TrainingData`` may return.
     """
 
     a: torch.Tensor
     b: torch.Tensor | None = None
     size_a: SizeCond | None = None
     size_b: SizeCond | None = None
-
-    def __iter__(self) -> Iterator[torch.Tensor | None]:
-        return iter((self.a, self.b))
 
 
 @dataclass(frozen=True)
@@ -64,12 +60,9 @@ class TrainingData(Protocol):
 
     def caption(self, index: int) -> str: ...
 
-    def latents(
-        self, index: int, epoch: int, rng: torch.Generator
-    ) -> Members | TrajectoryMembers | tuple[torch.Tensor, torch.Tensor | None]:
-        """``(a, b)``: a = real/winner latent, b = generated/loser latent (None for SFT); a
-        :class:`Members` also carries each image's size and crop, a :class:`TrajectoryMembers`
-        the opponent's whole trajectory instead of ``b``."""
+    def latents(self, index: int, epoch: int, rng: torch.Generator) -> Members | TrajectoryMembers:
+        """a = real/winner latent, b = generated/loser latent (None for SFT), with each image's size and
+        crop; a :class:`TrajectoryMembers` carries the opponent's whole trajectory instead of ``b``."""
         ...
 
 
@@ -130,10 +123,9 @@ def make_batch(
             size_a.append(got.size_a)
             size_b.append(None)
         else:
-            members = got if isinstance(got, Members) else Members(*got)
-            a, b = members.a.float(), members.b
-            size_a.append(members.size_a)
-            size_b.append(members.size_b)
+            a, b = got.a.float(), got.b
+            size_a.append(got.size_a)
+            size_b.append(got.size_b)
         t = int(torch.randint(0, num_train_timesteps, (1,), generator=gen))
         noise = torch.randn(a.shape, generator=gen)
         drop = caption_dropout > 0 and float(torch.rand(1, generator=gen)) < caption_dropout

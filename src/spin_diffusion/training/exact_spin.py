@@ -46,33 +46,34 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.errors import ConfigError
-from spin_diffusion.model.families import Conditioning, as_conditioning
+from spin_diffusion.model.families import Conditioning
+from spin_diffusion.model.prediction import diffusion_target
 from spin_diffusion.objectives.core import (
     denoising_error,
     margin_loss,
     trajectory_margin,
     trajectory_step_coefficients,
 )
+from spin_diffusion.sampling.trajectories import transition_target
+from spin_diffusion.training.loss_types import Backprop, LossOutput
+from spin_diffusion.training.reference import ModuleReference, Reference
 
 if TYPE_CHECKING:
     import torch
 
     from spin_diffusion.config.run import TrainingConfig
     from spin_diffusion.training.batches import Batch
-    from spin_diffusion.training.losses import Backprop, LossOutput
-    from spin_diffusion.training.reference import Reference
 
 
 class StepInputs:
     """Builds the UNet inputs and targets of (example, step) terms on both sides of a batch."""
 
-    def __init__(self, batch: Batch, noise_scheduler: Any, emb: Conditioning | torch.Tensor):
+    def __init__(self, batch: Batch, noise_scheduler: Any, emb: Conditioning):
         import torch
 
         if batch.trajectory is None:
             raise ValueError("spin-exact needs batches with the opponent's trajectory and its schedule")
         schedule = batch.trajectory.schedule
-        emb = as_conditioning(emb)
         device = emb.device
         self.trajectory = batch.trajectory.points.to(device)  # [B, K+1, C, h, w]
         if (
@@ -95,9 +96,6 @@ class StepInputs:
     def __call__(self, b: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(noisy, timesteps, emb, target) for the real terms then the generated terms: ``2n`` rows."""
         import torch
-
-        from spin_diffusion.model.pipelines import diffusion_target
-        from spin_diffusion.sampling.trajectories import transition_target
 
         t = self.timesteps[k]
         x0, eps = self.x0[b], self.noise[b]
@@ -169,20 +167,16 @@ def exact_spin_output(
     noise_scheduler: Any,
     reference: Reference | None,
     batch: Batch,
-    emb: Conditioning | torch.Tensor,
+    emb: Conditioning,
 ) -> LossOutput:
     """Pass 1 now (loss, metrics, the per-example slopes); pass 2 as ``LossOutput.backward``."""
     import torch
-
-    from spin_diffusion.training.losses import LossOutput
-    from spin_diffusion.training.reference import ModuleReference
 
     if not isinstance(reference, ModuleReference):
         raise ConfigError(
             "method spin-exact needs the opponent as a live reference model at every solver step; "
             "set training.precompute_reference: false"
         )
-    emb = as_conditioning(emb)
     inputs = StepInputs(batch, noise_scheduler, emb)
     n, k_all = len(batch.indices), inputs.num_steps
     chunk = cfg.trajectory_chunk_size
@@ -210,7 +204,7 @@ def exact_spin_output(
     b_sel, k_sel = b_sel.to(device), k_sel.to(device)
 
     def backward(backprop: Backprop) -> None:
-        """Pass 2: one chunk's graph at a time; gradient sync only on the last chunk (see losses.Backprop)."""
+        """Pass 2: one chunk's graph at a time; gradient sync only on the last chunk (see loss_types.Backprop)."""
         pieces = list(_chunks(b_sel, k_sel, chunk))
         for i, (b, k) in enumerate(pieces):
             last = i == len(pieces) - 1

@@ -8,13 +8,14 @@ is adding a row.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from spin_diffusion.model.families import as_conditioning
+from spin_diffusion.errors import ConfigError
+from spin_diffusion.model.prediction import prediction_error
 from spin_diffusion.objectives.core import (
+    denoising_error,
     dpo_loss,
     min_snr_weights,
     pair_diagnostics,
@@ -28,7 +29,11 @@ from spin_diffusion.objectives.dpo_family import (
     kto_loss,
     see_dpo_loss,
 )
+from spin_diffusion.sampling.inversion import ddim_invert
 from spin_diffusion.training.batches import Batch
+from spin_diffusion.training.distributed import mean_over_processes
+from spin_diffusion.training.exact_spin import exact_spin_output
+from spin_diffusion.training.loss_types import LossOutput
 
 if TYPE_CHECKING:
     import torch
@@ -36,34 +41,6 @@ if TYPE_CHECKING:
     from spin_diffusion.config.run import TrainingConfig
     from spin_diffusion.model.families import Conditioning
     from spin_diffusion.training.reference import Reference
-
-
-@dataclass(frozen=True)
-class Backprop:
-    """The trainer's backward, handed to an objective that back-propagates in chunks itself.
-
-    ``backward(loss)`` is ``accelerator.backward(loss / accumulation)`` (so grad
-    scaling and DDP hooks apply to every chunk); ``no_sync()`` turns gradient
-    synchronisation off for a chunk's forward and backward. The objective uses
-    it on every chunk but the last, so a sync micro-step all-reduces once, after
-    the whole gradient is accumulated, rather than once per chunk.
-    """
-
-    backward: Callable[[torch.Tensor], None]
-    no_sync: Callable[[], contextlib.AbstractContextManager[Any]]
-
-
-@dataclass
-class LossOutput:
-    """``loss`` is logged and checked; the trainer back-propagates it unless ``backward`` is set.
-
-    An objective with its own ``backward(Backprop)`` (the exact SPIN objective's
-    chunked pass 2) returns a detached ``loss`` and does the backward itself.
-    """
-
-    loss: torch.Tensor
-    metrics: dict[str, float] = field(default_factory=dict)
-    backward: Callable[[Backprop], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -93,14 +70,11 @@ def forward_noised_errors(
     noise_scheduler: Any,
     reference: Reference,
     batch: Batch,
-    emb: Conditioning | torch.Tensor,
+    emb: Conditioning,
 ) -> PairErrors:
     """Both members noised with the pair's shared ``t`` and noise; one forward of the model on the pair."""
     import torch
 
-    from spin_diffusion.model.pipelines import prediction_error
-
-    emb = as_conditioning(emb)
     b, device = len(batch.indices), emb.device
     latents = torch.cat([batch.latents_a, batch.latents_b]).to(device)
     emb2 = emb.pair()  # each pair member keeps its own SDXL size conditioning
@@ -116,7 +90,7 @@ def inverted_errors(
     noise_scheduler: Any,
     reference: Reference,
     batch: Batch,
-    emb: Conditioning | torch.Tensor,
+    emb: Conditioning,
 ) -> PairErrors:
     """Inversion-DPO's seam: x_t from DDIM inversion under the reference, its prediction as the target.
 
@@ -124,14 +98,9 @@ def inverted_errors(
     """
     import torch
 
-    from spin_diffusion.errors import ConfigError
-    from spin_diffusion.objectives.core import denoising_error
-    from spin_diffusion.sampling.inversion import ddim_invert
-
     predict_ref = getattr(reference, "predict", None)
     if predict_ref is None:
         raise ConfigError("inversion-dpo needs a live reference model (training.precompute_reference: false)")
-    emb = as_conditioning(emb)
     b, device = len(batch.indices), emb.device
     x0 = torch.cat([batch.latents_a, batch.latents_b]).to(device)
     emb2 = emb.pair()
@@ -155,8 +124,6 @@ def inverted_errors(
 def _kto(e: PairErrors, cfg: TrainingConfig) -> torch.Tensor:
     """The pair's winner is a desirable image and its loser an undesirable one (labelled singles)."""
     import torch
-
-    from spin_diffusion.training.distributed import mean_over_processes
 
     model_err, ref_err = torch.cat([e.m_a, e.m_b]), torch.cat([e.r_a, e.r_b])
     desirable = torch.cat([torch.ones_like(e.m_a), torch.zeros_like(e.m_b)])
@@ -212,17 +179,13 @@ def compute_loss(
     noise_scheduler: Any,
     reference: Reference | None,
     batch: Batch,
-    emb: Conditioning | torch.Tensor,
+    emb: Conditioning,
 ) -> LossOutput:
     """One forward of the trained model on the whole (concatenated) batch, then the objective.
 
-    ``emb`` is the batch's conditioning from the model family's prompt encoder
-    (bare hidden states are taken as SD 1/2 conditioning).
+    ``emb`` is the batch's conditioning from the model family's prompt encoder.
     """
-    emb = as_conditioning(emb)
     if method == "spin-exact":
-        from spin_diffusion.training.exact_spin import exact_spin_output
-
         return exact_spin_output(cfg, unet, noise_scheduler, reference, batch, emb)
     if method == "sft":
         return _sft(cfg, unet, noise_scheduler, batch, emb)
@@ -247,8 +210,6 @@ def compute_loss(
 
 
 def _sft(cfg: TrainingConfig, unet: Any, noise_scheduler: Any, batch: Batch, emb: Conditioning) -> LossOutput:
-    from spin_diffusion.model.pipelines import prediction_error
-
     device = emb.device
     t, eps = batch.timesteps.to(device), batch.noise.to(device)
     err = prediction_error(unet, noise_scheduler, batch.latents_a.to(device), emb, t, eps)

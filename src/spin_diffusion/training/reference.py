@@ -49,7 +49,8 @@ class ModuleReference:
     def errors(self, batch: Batch, latents: torch.Tensor, emb: Conditioning) -> torch.Tensor:
         import torch
 
-        from spin_diffusion.model.pipelines import adapters_disabled, prediction_error
+        from spin_diffusion.model.lora import adapters_disabled
+        from spin_diffusion.model.prediction import prediction_error
 
         ctx = adapters_disabled(self.unet) if self.disable_adapters else contextlib.nullcontext()
         t2, eps2 = batch.timesteps.repeat(2), batch.noise.repeat(2, 1, 1, 1)
@@ -62,12 +63,11 @@ class ModuleReference:
         """The reference's raw output at given noisy latents (what DDIM inversion steps with), no gradient."""
         import torch
 
-        from spin_diffusion.model.families import as_conditioning
-        from spin_diffusion.model.pipelines import adapters_disabled
+        from spin_diffusion.model.lora import adapters_disabled
 
         ctx = adapters_disabled(self.unet) if self.disable_adapters else contextlib.nullcontext()
         dtype = next(self.unet.parameters()).dtype
-        kwargs = as_conditioning(emb).unet_kwargs(dtype)
+        kwargs = emb.unet_kwargs(dtype)
         with torch.no_grad(), ctx:
             return self.unet(latents.to(dtype), timesteps, **kwargs).sample.float()
 

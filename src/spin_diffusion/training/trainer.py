@@ -48,7 +48,8 @@ from spin_diffusion.training.distributed import (
     sharding_ignored,
 )
 from spin_diffusion.training.ema import EMA_FILE, load_ema, save_ema
-from spin_diffusion.training.losses import Backprop, compute_loss
+from spin_diffusion.training.loss_types import Backprop
+from spin_diffusion.training.losses import compute_loss
 from spin_diffusion.training.optimizers import build_optimizer
 from spin_diffusion.training.reference import Reference
 
@@ -228,7 +229,7 @@ class Trainer:
 
     def _adapter_only(self) -> bool:
         """LoRA: checkpoints hold the adapter, not the frozen base (a few MB instead of the UNet)."""
-        from spin_diffusion.model.pipelines import has_lora
+        from spin_diffusion.model.lora import has_lora
 
         return not self.sharded and has_lora(self.acc.unwrap_model(self.unet))
 
@@ -246,7 +247,7 @@ class Trainer:
 
     def save_snapshot(self) -> Path:
         """The model at this step in the layout of ``iter-k/model`` (loadable by diffusers and evaluate)."""
-        from spin_diffusion.model.pipelines import save_trained_unet
+        from spin_diffusion.model.saving import save_trained_unet
 
         path = self.out_dir / SNAPSHOTS / f"step-{self.step}"
         trained = self.trained_unet()  # every process: gathering a sharded model is collective
@@ -471,7 +472,7 @@ class Trainer:
         """Each process's weight hash: data-parallel replicas must stay identical (sharded: the gathered copies)."""
         import torch
 
-        from spin_diffusion.model.pipelines import fingerprint_module
+        from spin_diffusion.model.weights import fingerprint_module
 
         fp = fingerprint_module(self.final_unet)  # sharded runs: of the gathered model
         as_int = torch.tensor([int(fp, 16) & ((1 << 62) - 1)], dtype=torch.long, device=self.device)
