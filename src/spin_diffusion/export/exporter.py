@@ -23,6 +23,10 @@ from spin_diffusion.errors import CheckpointError, ConfigError, UserError
 from spin_diffusion.export.model_card import CardInputs, render_model_card
 from spin_diffusion.infra.atomic import write_text_atomic
 from spin_diffusion.infra.run_layout import RunLayout
+from spin_diffusion.model.loading import load_pipeline, looks_like_local_path
+from spin_diffusion.model.lora import LORA_KIND, LORA_KIND_KEY, LORA_WEIGHT_NAME
+from spin_diffusion.model.saving import save_full_pipeline
+from spin_diffusion.selfplay.opponents import load_iteration_unet
 from spin_diffusion.selfplay.rundir import iteration_done
 
 log = logging.getLogger(__name__)
@@ -47,7 +51,6 @@ def _hub_offline() -> bool:
 
 def check_push_possible(repo_id: str) -> None:
     """Refuse ``--push-to-hub`` up front when the hub cannot be reached by configuration."""
-    from spin_diffusion.model.loading import looks_like_local_path
 
     if looks_like_local_path(repo_id):
         raise ConfigError(f"--push-to-hub {repo_id}: a hub repository id looks like owner/name")
@@ -75,8 +78,6 @@ def push_to_hub(out: Path, repo_id: str, private: bool) -> str:
 def _relative_lora(model_dir: Path) -> Path | None:
     """The iteration's LoRA file when it is relative to the base model (the only kind worth shipping)."""
     from safetensors import safe_open
-
-    from spin_diffusion.model.lora import LORA_KIND, LORA_KIND_KEY, LORA_WEIGHT_NAME
 
     path = model_dir / LORA_WEIGHT_NAME
     if not path.is_file():
@@ -117,10 +118,6 @@ def export_run(
         check_push_possible(push)
 
     import torch
-
-    from spin_diffusion.model.loading import load_pipeline
-    from spin_diffusion.model.saving import save_full_pipeline
-    from spin_diffusion.selfplay.opponents import load_iteration_unet
 
     model_dir = layout.iteration(k).model
     pipe = load_pipeline(cfg.model.pretrained, revision=cfg.model.revision, torch_dtype=getattr(torch, dtype))

@@ -12,6 +12,7 @@ from typing import Any
 
 from spin_diffusion.config.run import SELF_PLAY_METHODS, RunConfig
 from spin_diffusion.infra.run_layout import iteration_name
+from spin_diffusion.model.loading import looks_like_local_path
 
 METHODS = {
     "spin": "SPIN-Diffusion self-play: in iteration k the model is trained to tell the real images from the "
@@ -44,7 +45,6 @@ class CardInputs:
 
 
 def _front_matter(inp: CardInputs) -> list[str]:
-    from spin_diffusion.model.loading import looks_like_local_path
 
     cfg = inp.cfg
     tags = ["text-to-image", "diffusers", "spin-diffusion", cfg.method] + (["lora"] if inp.lora_file else [])

@@ -11,6 +11,7 @@ import os
 import numpy as np
 from PIL import Image
 
+from spin_diffusion.model.loading import load_pipeline
 from spin_diffusion.toy.datasets import eval_prompts
 from spin_diffusion.toy.oracle import set_metrics
 from spin_diffusion.toy.render import render
@@ -44,7 +45,6 @@ def evaluate_model(
     steps: int = 20,
 ) -> dict[str, float]:
     """Oracle set metrics of a pipeline's samples on ``eval_prompts(n_prompts, seed)``."""
-    from spin_diffusion.model.loading import load_pipeline
 
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)

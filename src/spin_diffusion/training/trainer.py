@@ -22,6 +22,9 @@ from spin_diffusion.errors import UserError
 from spin_diffusion.infra.atomic import write_json_atomic
 from spin_diffusion.infra.interrupt import Interrupted, StopFlag
 from spin_diffusion.infra.run_layout import CHECKPOINTS, SNAPSHOTS
+from spin_diffusion.model.lora import has_lora
+from spin_diffusion.model.saving import save_trained_unet
+from spin_diffusion.model.weights import fingerprint_module
 from spin_diffusion.training.batches import (
     Batch,
     TrainingData,
@@ -229,7 +232,6 @@ class Trainer:
 
     def _adapter_only(self) -> bool:
         """LoRA: checkpoints hold the adapter, not the frozen base (a few MB instead of the UNet)."""
-        from spin_diffusion.model.lora import has_lora
 
         return not self.sharded and has_lora(self.acc.unwrap_model(self.unet))
 
@@ -247,7 +249,6 @@ class Trainer:
 
     def save_snapshot(self) -> Path:
         """The model at this step in the layout of ``iter-k/model`` (loadable by diffusers and evaluate)."""
-        from spin_diffusion.model.saving import save_trained_unet
 
         path = self.out_dir / SNAPSHOTS / f"step-{self.step}"
         trained = self.trained_unet()  # every process: gathering a sharded model is collective
@@ -471,8 +472,6 @@ class Trainer:
     def _rank_fingerprints(self) -> list[str]:
         """Each process's weight hash: data-parallel replicas must stay identical (sharded: the gathered copies)."""
         import torch
-
-        from spin_diffusion.model.weights import fingerprint_module
 
         fp = fingerprint_module(self.final_unet)  # sharded runs: of the gathered model
         as_int = torch.tensor([int(fp, 16) & ((1 << 62) - 1)], dtype=torch.long, device=self.device)
