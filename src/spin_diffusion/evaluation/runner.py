@@ -23,21 +23,21 @@ from spin_diffusion.evaluation import plots, registry
 from spin_diffusion.evaluation.checks import check_evaluation
 from spin_diffusion.evaluation.report import render_markdown
 from spin_diffusion.evaluation.scorer_base import resolve_device
+from spin_diffusion.evaluation.set_metrics import distribution_per_model, toy_set_metrics
 from spin_diffusion.evaluation.store import (
     EvalStore,
     ScoreKey,
     file_hash,
+    open_image,
     prompt_id,
 )
 from spin_diffusion.infra.atomic import atomic_file, save_image_atomic, write_json_atomic, write_text_atomic
 from spin_diffusion.infra.seeds import sample_seed
 from spin_diffusion.model import loading
 from spin_diffusion.sampling import generate
-from spin_diffusion.toy import oracle
 
 if TYPE_CHECKING:
     import numpy as np
-    from PIL import Image
 
 log = logging.getLogger("spin_diffusion.evaluation")
 SCORE_CHUNK = 64  # images scored between two appends to scores.jsonl
@@ -137,13 +137,6 @@ def ensure_images(
     return len(todo)
 
 
-def _open_image(path: Path) -> Image.Image:
-    from PIL import Image
-
-    with Image.open(path) as im:
-        return im.convert("RGB")
-
-
 def score_images(
     store: EvalStore,
     models: list[str],
@@ -176,7 +169,7 @@ def score_images(
     scorer = registry.build_scorer(scorer_cfg, device)
     for start in range(0, len(todo), SCORE_CHUNK):
         chunk = todo[start : start + SCORE_CHUNK]
-        values = scorer.score([_open_image(path) for _, path, _, _ in chunk], [p for *_, p in chunk])
+        values = scorer.score([open_image(path) for _, path, _, _ in chunk], [p for *_, p in chunk])
         store.add_scores(
             {
                 "model": key.model,
@@ -243,73 +236,6 @@ def _write_wide_scores(
                     cols[m].append(float(table[m][name][i, j]))
     with atomic_file(path) as tmp:
         pq.write_table(pa.table(cols), tmp)
-
-
-def _distribution(
-    store: EvalStore, models: list[str], prompts: list[str], cfg: EvaluationConfig, device: str, hashes: dict
-) -> dict[str, dict[str, float]]:
-    """FID/KID per model, cached by (image hashes, reference, settings)."""
-    import hashlib
-    import json
-
-    dcfg = cfg.distribution
-    assert dcfg is not None
-    ref_dir = Path(dcfg.reference_dir)
-    ref_files = sorted(f.name for f in ref_dir.iterdir()) if ref_dir.is_dir() else []
-    settings = json.dumps([dcfg.model_dump(mode="json"), ref_files], sort_keys=True)
-    cache_path = store.root / "distribution_cache.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    keys = {}
-    for name in models:
-        h = hashlib.blake2b(settings.encode(), digest_size=8)
-        for p in prompts:
-            for j in range(cfg.n_images_per_prompt):
-                h.update(hashes[store.image_path(name, prompt_id(p), j)].encode())
-        keys[name] = h.hexdigest()
-    todo = [n for n in models if cache.get(n, {}).get("key") != keys[n]]
-    if todo:
-        log.info("FID/KID for %s", ", ".join(todo))
-        feature = dist.build_feature_extractor(dcfg, device)
-        size = 299 if isinstance(feature, int) else 224
-        reference = dist.images_to_tensor(dist.read_image_dir(ref_dir, dcfg.max_reference_images), size)
-        generated = {
-            n: dist.images_to_tensor(
-                [
-                    _open_image(store.image_path(n, prompt_id(p), j))
-                    for p in prompts
-                    for j in range(cfg.n_images_per_prompt)
-                ],
-                size,
-            )
-            for n in todo
-        }
-        values = dist.distribution_metrics(
-            generated,
-            reference,
-            feature,
-            kid_subset_size=dcfg.kid_subset_size,
-            kid_subsets=dcfg.kid_subsets,
-            batch_size=dcfg.batch_size,
-            feature_weights=dcfg.feature_path if isinstance(feature, int) else None,
-            seed=cfg.seed,
-        )
-        for n, v in values.items():
-            cache[n] = {"key": keys[n], "values": v}
-        write_json_atomic(cache_path, cache)
-    return {n: cache[n]["values"] for n in models}
-
-
-def _toy_set_metrics(
-    store: EvalStore, models: list[str], prompts: list[str], cfg: EvaluationConfig
-) -> dict[str, dict[str, float]]:
-    """The toy oracle's set-level numbers per model (open-attribute TV distance, diversity)."""
-
-    out = {}
-    for name in models:
-        pairs = [(p, j) for p in prompts for j in range(cfg.n_images_per_prompt)]
-        images = [_open_image(store.image_path(name, prompt_id(p), j)) for p, j in pairs]
-        out[name] = {k: float(v) for k, v in oracle.set_metrics(images, [p for p, _ in pairs]).items()}
-    return out
 
 
 def aggregate_results(
@@ -379,18 +305,18 @@ def evaluate_models(
     }
     results.update(aggregate_results(table, cfg, baseline))
     if cfg.distribution is not None:
-        results["distribution"] = _distribution(store, names, prompts, cfg, device, hashes)
+        results["distribution"] = distribution_per_model(store, names, prompts, cfg, device, hashes)
         results["distribution_reference"] = cfg.distribution.reference_dir
         results["distribution_feature"] = f"{cfg.distribution.feature} ({cfg.distribution.feature_path})"
 
     if any(sc.kind.startswith("toy_") for sc in cfg.scorers):
-        results["toy_set_metrics"] = _toy_set_metrics(store, names, prompts, cfg)
+        results["toy_set_metrics"] = toy_set_metrics(store, names, prompts, cfg)
 
     artefacts = {"scores": "scores.jsonl", "scores_table": "scores.parquet", "results": "results.json"}
     _write_wide_scores(store.root / "scores.parquet", table, prompts, cfg)
     if cfg.grid_prompts > 0:
         shown = list(dict.fromkeys(prompts))[: cfg.grid_prompts]
-        rows = {n: [_open_image(store.image_path(n, prompt_id(p), 0)) for p in shown] for n in names}
+        rows = {n: [open_image(store.image_path(n, prompt_id(p), 0)) for p in shown] for n in names}
         grid = plots.labelled_grid(rows)
         save_image_atomic(grid, store.root / "grid.png")
         artefacts["grid"] = "grid.png"

@@ -20,14 +20,25 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.infra.atomic import write_json_atomic
 
+if TYPE_CHECKING:
+    from PIL import Image
+
 
 def prompt_id(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=8).hexdigest()
+
+
+def open_image(path: Path) -> Image.Image:
+    """A stored image as RGB, read fully so the file is closed at once."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
 
 
 def file_hash(path: Path) -> str:
