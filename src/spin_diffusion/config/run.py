@@ -308,14 +308,6 @@ class RunConfig(Strict):
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
 
-    def data_config(self) -> DataConfig:
-        """The data settings (kept for the self-play driver's call sites; same as ``self.data``)."""
-        return self.data
-
-    def evaluation_config(self) -> EvaluationConfig | None:
-        """The evaluation settings, or None (same as ``self.evaluation``)."""
-        return self.evaluation
-
     def training_for(self, iteration: int) -> TrainingConfig:
         """The training settings of 1-based ``iteration`` with its overrides applied."""
         return self.training.model_copy(update=self._overrides(iteration, TrainingConfig))

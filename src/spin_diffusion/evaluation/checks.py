@@ -11,7 +11,6 @@ runs the same checks, then also loads each scorer once before generating.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,11 +18,11 @@ from typing import Any
 from spin_diffusion.config.evaluation import _PATH_FIELDS, EvaluationConfig, ModelEntry
 from spin_diffusion.errors import CheckpointError, ConfigError, DataError
 from spin_diffusion.evaluation.prompts import resolve_prompts
+from spin_diffusion.infra.run_layout import MODEL, RunLayout, parse_iteration_name
 from spin_diffusion.model.loading import looks_like_local_path, resolve_model_source
 from spin_diffusion.model.lora import LORA_WEIGHT_NAME
 
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-_ITERATION_DIR = re.compile(r"^(?P<run>.*)/iter-(?P<k>\d+)/model/?$")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -90,13 +89,13 @@ def check_trained(trained: str, field: str) -> str:
 
 def _iteration_hint(text: str) -> str:
     """For ``RUN/iter-k/model``: which iterations that run directory has, or that it has none."""
-    m = _ITERATION_DIR.match(text.replace("\\", "/"))
-    if not m:
+    path = Path(text.replace("\\", "/").rstrip("/"))
+    if path.name != MODEL or parse_iteration_name(path.parent.name) is None:
         return ""
-    run = Path(m["run"]).expanduser()
+    run = path.parent.parent.expanduser()
     if not run.is_dir():
         return f" (no run directory {run}: train the run first, or fix the run name)"
-    done = sorted(int(p.name.split("-")[1]) for p in run.glob("iter-*") if (p / "model").exists())
+    done = [it.k for it in RunLayout(run).iterations() if it.model.exists()]
     have = f"finished iterations: {', '.join(map(str, done))}" if done else "no finished iteration yet"
     return f" ({run} has {have})"
 

@@ -65,7 +65,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         cfg.training_for(k).accumulation_steps(accelerator.num_processes)
     pipe = load_pipeline(cfg.model.pretrained, revision=cfg.model.revision)
     prompts = prompt_encoder(pipe)  # the model family, resolved once from the pipeline's class
-    data_cfg = cfg.data_config()
+    data_cfg = cfg.data
     if cfg.method == "spin":
         _check_sampling_size(pipe, data_cfg.resolution)
     data_record = {
@@ -74,7 +74,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     }
     if cfg.model.lora.enabled:
         check_lora_targets(pipe.unet, cfg.model.lora.target_modules)
-    eval_cfg = cfg.evaluation_config()
+    eval_cfg = cfg.evaluation
     if eval_cfg is not None and accelerator.is_main_process:
         from spin_diffusion.evaluation.runner import check_scorers
 
@@ -213,7 +213,7 @@ def _check_sampling_size(pipe: Any, resolution: int) -> None:
 
 def _evaluate(cfg: RunConfig, run_dir: Path, num_iterations: int) -> dict[str, Any] | None:
     """Score base and every iteration on held-out prompts, when the config has an evaluation block."""
-    eval_cfg = cfg.evaluation_config()
+    eval_cfg = cfg.evaluation
     if eval_cfg is None:
         return None
     from spin_diffusion.evaluation.runner import evaluate_models
