@@ -69,13 +69,15 @@ def make_pickapic(path: Path) -> Path:
     return path
 
 
-def write_config(tmp_path: Path, base: Path, data: dict, **overrides: Any) -> Path:
+def write_config(tmp_path: Path, base: Path, source: dict, **overrides: Any) -> Path:
+    """A run config on ``source`` (the data section's source and path); ``overrides`` replace or, for
+    sections, extend the defaults (``data={"resolution": 32}`` keeps the source)."""
     cfg: dict[str, Any] = {
         "name": "run",
         "output_dir": str(tmp_path / "runs"),
         "method": "spin",
         "model": {"pretrained": str(base)},
-        "data": {"resolution": 16, "center_crop": False, "random_flip": True, **data},
+        "data": {"resolution": 16, "center_crop": False, "random_flip": True, **source},
         "sampling": {
             "num_inference_steps": 2,
             "guidance_scale": 2.0,
@@ -104,19 +106,26 @@ def write_config(tmp_path: Path, base: Path, data: dict, **overrides: Any) -> Pa
 
 
 def plain_pipeline(pipeline_class: Any, base: Path, model_dir: Path) -> Any:
-    """The result as a diffusers user loads it: ``from_pretrained(base, unet=...)`` or ``load_lora_weights``."""
-    from diffusers import UNet2DConditionModel
+    """The result as a diffusers user loads it: ``from_pretrained(base, unet=...)`` (``transformer=...``
+    for a flow model) or ``load_lora_weights``."""
+    import diffusers
 
-    if (model_dir / "unet").is_dir():
-        unet = UNet2DConditionModel.from_pretrained(str(model_dir / "unet"))
-        return pipeline_class.from_pretrained(str(base), unet=unet)
+    for component in ("unet", "transformer"):
+        if (model_dir / component).is_dir():
+            class_name = json.loads((model_dir / component / "config.json").read_text())["_class_name"]
+            network = getattr(diffusers, class_name).from_pretrained(str(model_dir / component))
+            return pipeline_class.from_pretrained(str(base), **{component: network})
     pipe = pipeline_class.from_pretrained(str(base))
     pipe.load_lora_weights(str(model_dir), weight_name="pytorch_lora_weights.safetensors")
     return pipe
 
 
-def sample_ok(pipe: Any, base_pipe: Any | None = None) -> None:
-    """The loaded pipeline samples finite images (and, given the base, different ones: weights applied)."""
+def sample_ok(pipe: Any, base_pipe: Any | None = None, call: dict[str, Any] | None = None) -> None:
+    """The loaded pipeline samples finite images (and, given the base, different ones: weights applied).
+
+    ``call``: further arguments of the pipeline call (a flow model's height and width).
+    """
+    hw = call or {}
 
     def sample(p: Any) -> np.ndarray:
         out = p(
@@ -125,6 +134,7 @@ def sample_ok(pipe: Any, base_pipe: Any | None = None) -> None:
             guidance_scale=2.0,
             generator=torch.Generator().manual_seed(0),
             output_type="latent",
+            **hw,
         )
         return out.images.float().numpy()
 
@@ -176,9 +186,18 @@ def fresh_accelerator_state() -> Any:
 
 
 def check_spin_two_iterations(
-    tmp_path: Path, base: Path, pipeline_class: Any, monkeypatch: pytest.MonkeyPatch, evaluate: bool = True
+    tmp_path: Path,
+    base: Path,
+    pipeline_class: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    evaluate: bool = True,
+    extra: dict[str, Any] | None = None,
+    call: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Full fine-tuning, two SPIN iterations (and evaluation of base and both); outputs load in diffusers."""
+    """Full fine-tuning, two SPIN iterations (and evaluation of base and both); outputs load in diffusers.
+
+    ``extra``: further config overrides (a flow family's sampler); ``call``: the sampling check's pipeline arguments.
+    """
     from spin_diffusion.sampling import generate as sampling
 
     classes: list[str] = []
@@ -195,9 +214,11 @@ def check_spin_two_iterations(
         "scorers": [{"kind": "toy_fidelity"}],
         "num_inference_steps": 2,
         "guidance_scale": 2.0,
+        **(extra or {}).get("evaluation", {}),
     }
     data = {"source": "imagefolder", "path": str(make_imagefolder(tmp_path / "data"))}
-    cfg = write_config(tmp_path, base, data, evaluation=evaluation if evaluate else None)
+    rest = {k: v for k, v in (extra or {}).items() if k != "evaluation"}
+    cfg = write_config(tmp_path, base, data, evaluation=evaluation if evaluate else None, **rest)
     assert main(["train", str(cfg)]) == 0
     run = tmp_path / "runs" / "run"
     results = json.loads((run / "results.json").read_text())
@@ -213,11 +234,18 @@ def check_spin_two_iterations(
         assert classes and set(classes) == {pipeline_class.__name__}  # the harness used the model's class
     base_pipe = pipeline_class.from_pretrained(str(base))
     for k in (1, 2):
-        sample_ok(plain_pipeline(pipeline_class, base, run / f"iter-{k}" / "model"), base_pipe)
+        sample_ok(plain_pipeline(pipeline_class, base, run / f"iter-{k}" / "model"), base_pipe, call)
     return results
 
 
-def check_sft_lora(tmp_path: Path, base: Path, pipeline_class: Any, mixed_precision: str = "no") -> Path:
+def check_sft_lora(
+    tmp_path: Path,
+    base: Path,
+    pipeline_class: Any,
+    mixed_precision: str = "no",
+    extra: dict[str, Any] | None = None,
+    call: dict[str, Any] | None = None,
+) -> Path:
     """SFT with a LoRA (and caption dropout): the LoRA loads with ``load_lora_weights``."""
     data = {"source": "imagefolder", "path": str(make_imagefolder(tmp_path / "data")), "caption_dropout": 0.5}
     cfg = write_config(
@@ -228,16 +256,25 @@ def check_sft_lora(tmp_path: Path, base: Path, pipeline_class: Any, mixed_precis
         iterations=[{}],
         model={"pretrained": str(base), "lora": {"enabled": True, "rank": 2}},
         training={"mixed_precision": mixed_precision, "learning_rate": 1e-2},
+        **(extra or {}),
     )
     assert main(["train", str(cfg)]) == 0
     model_dir = tmp_path / "runs" / "run" / "iter-1" / "model"
     assert (model_dir / "pytorch_lora_weights.safetensors").is_file() and not (model_dir / "unet").exists()
-    sample_ok(plain_pipeline(pipeline_class, base, model_dir), pipeline_class.from_pretrained(str(base)))
+    sample_ok(
+        plain_pipeline(pipeline_class, base, model_dir), pipeline_class.from_pretrained(str(base)), call
+    )
     assert all(np.isfinite(row["loss"]) for row in train_log(model_dir.parent))
     return model_dir
 
 
-def check_dpo_precomputed(tmp_path: Path, base: Path, pipeline_class: Any) -> Path:
+def check_dpo_precomputed(
+    tmp_path: Path,
+    base: Path,
+    pipeline_class: Any,
+    extra: dict[str, Any] | None = None,
+    call: dict[str, Any] | None = None,
+) -> Path:
     """DPO, full fine-tuning, reference errors precomputed: the first step is log 2, the UNet loads."""
     data = {"source": "pickapic", "path": str(make_pickapic(tmp_path / "pickapic" / "train.parquet"))}
     cfg = write_config(
@@ -247,6 +284,7 @@ def check_dpo_precomputed(tmp_path: Path, base: Path, pipeline_class: Any) -> Pa
         method="dpo",
         iterations=[{"beta": 2500}],
         training={"precompute_reference": True},
+        **(extra or {}),
     )
     assert main(["train", str(cfg)]) == 0
     iter_dir = tmp_path / "runs" / "run" / "iter-1"
@@ -254,12 +292,16 @@ def check_dpo_precomputed(tmp_path: Path, base: Path, pipeline_class: Any) -> Pa
     log = train_log(iter_dir)
     assert log[0]["loss"] == pytest.approx(0.6931, abs=1e-3) and {"d_win", "d_lose"} <= set(log[-1])
     sample_ok(
-        plain_pipeline(pipeline_class, base, iter_dir / "model"), pipeline_class.from_pretrained(str(base))
+        plain_pipeline(pipeline_class, base, iter_dir / "model"),
+        pipeline_class.from_pretrained(str(base)),
+        call,
     )
     return iter_dir / "model"
 
 
-def check_resume_after_interruption(tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def check_resume_after_interruption(
+    tmp_path: Path, base: Path, monkeypatch: pytest.MonkeyPatch, extra: dict[str, Any] | None = None
+) -> None:
     """LoRA SPIN stopped by SIGINT in iteration 2 and run again gives the uninterrupted run's LoRA."""
     from spin_diffusion.training.trainer import TrainingInterrupted
 
@@ -269,6 +311,7 @@ def check_resume_after_interruption(tmp_path: Path, base: Path, monkeypatch: pyt
         "model": lora,
         "training": {"learning_rate": 1e-2},
         "iterations": [{"max_steps": 1}, {"max_steps": 2}],
+        **(extra or {}),
     }
     straight = write_config(tmp_path / "a", base, data, **over)
     assert main(["train", str(straight)]) == 0

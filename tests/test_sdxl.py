@@ -21,7 +21,7 @@ from family_runs import (
 )
 from spin_diffusion.cli.main import main
 from spin_diffusion.errors import CheckpointError
-from spin_diffusion.model.families import SDXL, family_of_directory, prompt_encoder
+from spin_diffusion.model.families import FAMILIES, SDXL, family_of_directory, prompt_encoder
 from spin_diffusion.model.loading import load_pipeline
 from spin_diffusion.model.prediction import prediction_error, training_scheduler
 
@@ -146,21 +146,17 @@ def test_pairs_keep_each_members_own_time_ids(xl) -> None:
 
 
 def test_an_unsupported_pipeline_class_is_refused_naming_what_is_supported(tmp_path: Path, capsys) -> None:
-    sd3 = tmp_path / "sd3"
+    sd3 = tmp_path / "qwen"  # a pipeline class no family covers
     sd3.mkdir()
     (sd3 / "model_index.json").write_text(
         json.dumps(
-            {"_class_name": "StableDiffusion3Pipeline", "transformer": ["diffusers", "SD3Transformer2DModel"]}
+            {"_class_name": "QwenImagePipeline", "transformer": ["diffusers", "QwenImageTransformer2DModel"]}
         )
     )
     with pytest.raises(CheckpointError) as err:
         load_pipeline(sd3)
     msg = str(err.value)
-    assert (
-        "StableDiffusion3Pipeline" in msg
-        and "StableDiffusionPipeline" in msg
-        and "StableDiffusionXLPipeline" in msg
-    )
+    assert "QwenImagePipeline" in msg and all(name in msg for name in FAMILIES)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
         json.dumps(

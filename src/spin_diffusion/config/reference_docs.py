@@ -7,6 +7,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 
+from spin_diffusion.config.flow import FlowConfig
 from spin_diffusion.config.methods import (
     AdaptiveDpoConfig,
     DmpoConfig,
@@ -30,6 +31,7 @@ def config_reference_markdown() -> str:
         ("top level", RunConfig),
         ("model", ModelConfig),
         ("model.lora", LoraConfig),
+        ("model.flow", FlowConfig),
         ("sampling", SamplingConfig),
         ("training", TrainingConfig),
         ("training.dmpo", DmpoConfig),

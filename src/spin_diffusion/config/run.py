@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_va
 from spin_diffusion.config.base import Strict, format_validation_error, read_yaml
 from spin_diffusion.config.data import DataConfig
 from spin_diffusion.config.evaluation import EvaluationConfig
+from spin_diffusion.config.flow import FlowConfig
 from spin_diffusion.config.methods import (
     AdaptiveDpoConfig,
     DmpoConfig,
@@ -59,6 +60,7 @@ class ModelConfig(Strict):
     pretrained: str = Field(..., description="local diffusers pipeline directory, or a hub id when online")
     revision: str | None = Field(None, description="hub revision (hub ids only)")
     lora: LoraConfig = Field(default_factory=LoraConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
     reference_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="precision of the frozen reference copy (full fine-tuning only)"
     )
@@ -323,7 +325,7 @@ class RunConfig(Strict):
 
 
 # Parts of the config that decide what a run's results mean: changing them on resume mixes results.
-IDENTITY_KEYS = ("method", "model.pretrained", "model.revision", "model.lora", "data", "seed")
+IDENTITY_KEYS = ("method", "model.pretrained", "model.revision", "model.lora", "model.flow", "data", "seed")
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> RunConfig:

@@ -63,7 +63,9 @@ def encode_pixels(vae: Any, pixels: torch.Tensor) -> torch.Tensor:
     global ENCODE_CALLS
     ENCODE_CALLS += 1
     device, dtype = _vae_place(vae)
-    z = vae.encode(pixels.to(device=device, dtype=dtype)).latent_dist.mode()
+    encoded = vae.encode(pixels.to(device=device, dtype=dtype))
+    # a KL VAE's posterior mean; a deterministic autoencoder (Sana's DC-AE) returns its latent as is
+    z = encoded.latent_dist.mode() if hasattr(encoded, "latent_dist") else encoded.latent
     scale, shift = latent_scaling(vae)
     if shift is not None:
         z = z - shift

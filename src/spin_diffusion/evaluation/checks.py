@@ -19,10 +19,13 @@ from spin_diffusion.config.evaluation import _PATH_FIELDS, EvaluationConfig, Mod
 from spin_diffusion.errors import CheckpointError, ConfigError, DataError
 from spin_diffusion.evaluation.prompts import resolve_prompts
 from spin_diffusion.infra.run_layout import MODEL, RunLayout, parse_iteration_name
+from spin_diffusion.model.families import FAMILIES
 from spin_diffusion.model.loading import looks_like_local_path, resolve_model_source
 from spin_diffusion.model.lora import LORA_WEIGHT_NAME
 
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+#: Where each family saves its trained network: unet/ (SD, SDXL) or transformer/ (SD3, FLUX, Sana).
+DENOISER_DIRS = tuple(dict.fromkeys(f.denoiser for f in FAMILIES.values()))
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 
 
@@ -35,12 +38,13 @@ def _weights_kind(path: Path) -> str | None:
     """What fine-tuned weights ``path`` holds, in the layouts ``load_trained_into`` accepts (None: none)."""
     if path.is_file():
         return "LoRA file" if path.suffix == ".safetensors" else None
-    if (path / "unet" / "config.json").is_file():
-        return "unet/" + (" + LoRA" if (path / LORA_WEIGHT_NAME).is_file() else "")
+    for component in DENOISER_DIRS:
+        if (path / component / "config.json").is_file():
+            return f"{component}/" + (" + LoRA" if (path / LORA_WEIGHT_NAME).is_file() else "")
     if (path / LORA_WEIGHT_NAME).is_file():
         return "LoRA relative to the base"
     if (path / "config.json").is_file() and not (path / "model_index.json").is_file():
-        return "UNet directory"
+        return "UNet or transformer directory"
     return None
 
 
@@ -66,7 +70,9 @@ def check_pipeline(source: str, field: str) -> str:
         parts = json.loads(index.read_text())
     except ValueError:
         raise CheckpointError(f"{field}: {index} is not valid JSON") from None
-    missing = [p for p in PIPELINE_PARTS if not isinstance(parts.get(p), list) or not (path / p).is_dir()]
+    family = FAMILIES.get(parts.get("_class_name", ""))  # SD3/FLUX/Sana have a transformer, not a unet
+    needed = family.required_components if family is not None else PIPELINE_PARTS
+    missing = [p for p in needed if not isinstance(parts.get(p), list) or not (path / p).is_dir()]
     if missing:
         raise CheckpointError(
             f"{field}: {source} is not a text-to-image pipeline (missing {', '.join(missing)})"
@@ -81,9 +87,10 @@ def check_trained(trained: str, field: str) -> str:
         raise CheckpointError(f"{field}: {trained} does not exist{_iteration_hint(trained)}")
     kind = _weights_kind(path)
     if kind is None:
-        if (path / "model_index.json").is_file() and (path / "unet").is_dir():
-            return "the unet/ of a full pipeline"
-        raise CheckpointError(f"{field}: {trained} holds neither unet/ nor {LORA_WEIGHT_NAME}")
+        for component in DENOISER_DIRS:
+            if (path / "model_index.json").is_file() and (path / component).is_dir():
+                return f"the {component}/ of a full pipeline"
+        raise CheckpointError(f"{field}: {trained} holds neither unet/, transformer/ nor {LORA_WEIGHT_NAME}")
     return kind
 
 

@@ -23,6 +23,7 @@ from spin_diffusion.errors import CheckpointError, ConfigError, UserError
 from spin_diffusion.export.model_card import CardInputs, render_model_card
 from spin_diffusion.infra.atomic import write_text_atomic
 from spin_diffusion.infra.run_layout import RunLayout
+from spin_diffusion.model.families import denoiser_of
 from spin_diffusion.model.loading import load_pipeline, looks_like_local_path
 from spin_diffusion.model.lora import LORA_KIND, LORA_KIND_KEY, LORA_WEIGHT_NAME
 from spin_diffusion.model.saving import save_full_pipeline
@@ -121,7 +122,7 @@ def export_run(
 
     model_dir = layout.iteration(k).model
     pipe = load_pipeline(cfg.model.pretrained, revision=cfg.model.revision, torch_dtype=getattr(torch, dtype))
-    unet = load_iteration_unet(pipe.unet, pipe, model_dir)  # theta_k as a plain UNet, LoRA fused
+    unet = load_iteration_unet(denoiser_of(pipe), pipe, model_dir)  # theta_k as a plain UNet, LoRA fused
     iterations = [json.loads(layout.iteration(j).done.read_text()) for j in done]
     eval_md, grid = layout.eval / "results.md", layout.eval / "grid.png"
     lora = _relative_lora(model_dir) if cfg.model.lora.enabled else None

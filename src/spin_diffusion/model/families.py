@@ -1,4 +1,4 @@
-"""How captions become the UNet's conditioning, per model family: the one place that knows SD from SDXL.
+"""The supported model families: the one place that knows SD from SDXL, SD3 and FLUX.1.
 
 A :class:`ModelFamily` is resolved once per run from the pipeline's class (the
 ``_class_name`` of ``model_index.json``), never from a model's name. It says
@@ -7,144 +7,46 @@ which turns captions (and, for SDXL, each image's size and crop) into a
 :class:`Conditioning`: the UNet's ``encoder_hidden_states`` plus the
 ``added_cond_kwargs`` SDXL needs. Sampling, training, the reference errors
 (live or precomputed), evaluation and saving all use the pipeline classes of
-diffusers and this seam, so no other module asks which model it runs.
+diffusers and this seam, so no other module asks which model it runs. A family
+also names its trained network (``unet`` or ``transformer``) and its training
+process: the DDPM scheduler for the UNet families, a
+:class:`~spin_diffusion.model.flow.FlowMatchingProcess` for the flow families.
 
 Supported: ``StableDiffusionPipeline`` (SD 1.x and 2.x, epsilon or
-v-prediction) and ``StableDiffusionXLPipeline`` (SDXL base).
+v-prediction), ``StableDiffusionXLPipeline`` (SDXL base),
+``StableDiffusion3Pipeline`` (SD3/SD3.5), ``FluxPipeline`` (FLUX.1) and
+``SanaPipeline`` (Sana).
 """
 
 from __future__ import annotations
 
 import json
-from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from spin_diffusion.errors import CheckpointError
+from spin_diffusion.errors import CheckpointError, ConfigError
+from spin_diffusion.model.conditioning import (
+    Conditioning,
+    PromptEncoder,
+    SizeCond,
+    encode_prompts,
+    tokenize_captions,
+)
+from spin_diffusion.model.flow import (
+    flux_process,
+    flux_sampled_latents,
+    sana_process,
+    sana_sampler_kwargs,
+    sd3_process,
+    set_flow_sample_size,
+)
+from spin_diffusion.model.flow_encoders import FluxPromptEncoder, SanaPromptEncoder, SD3PromptEncoder
 
 if TYPE_CHECKING:
     import torch
-
-
-#: SDXL's size micro-conditioning of one image, in ``add_time_ids`` order:
-#: (original height, original width, crop top, crop left, target height, target width).
-SizeCond = tuple[int, int, int, int, int, int]
-
-
-def encode_prompts(text_encoder: Any, tokenizer: Any, captions: Sequence[str]) -> torch.Tensor:
-    """Frozen text-encoder hidden states, as ``StableDiffusionPipeline`` conditions the UNet."""
-    import torch
-
-    tokens = _tokens(tokenizer, captions)
-    mask = None
-    if getattr(text_encoder.config, "use_attention_mask", False):
-        mask = tokens.attention_mask.to(text_encoder.device)
-    with torch.no_grad():
-        return text_encoder(tokens.input_ids.to(text_encoder.device), attention_mask=mask)[0]
-
-
-def _tokens(tokenizer: Any, captions: Sequence[str]) -> Any:
-    return tokenizer(
-        list(captions),
-        padding="max_length",
-        max_length=tokenizer.model_max_length,
-        truncation=True,
-        return_tensors="pt",
-    )
-
-
-@dataclass(frozen=True)
-class Conditioning:
-    """What the UNet is conditioned on for a batch (``[B, ...]`` tensors).
-
-    ``text_embeds`` and ``time_ids`` are SDXL's added conditions (None for
-    SD 1/2). ``pair_time_ids`` are the time ids of the second members of a
-    pair batch (generated or rejected images have their own size and crop);
-    :meth:`pair` lays out the conditioning of the doubled ``[a; b]`` batch.
-    """
-
-    hidden_states: torch.Tensor
-    text_embeds: torch.Tensor | None = None
-    time_ids: torch.Tensor | None = None
-    pair_time_ids: torch.Tensor | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.hidden_states.device
-
-    def __len__(self) -> int:
-        return int(self.hidden_states.shape[0])
-
-    def to(self, device: Any = None, dtype: torch.dtype | None = None) -> Conditioning:
-        def move(t: torch.Tensor | None) -> torch.Tensor | None:
-            return None if t is None else t.to(device=device, dtype=dtype)
-
-        return Conditioning(
-            move(self.hidden_states), move(self.text_embeds), move(self.time_ids), move(self.pair_time_ids)
-        )
-
-    def pair(self) -> Conditioning:
-        """The conditioning of ``cat([members_a, members_b])``: same captions, each member's own sizes."""
-        import torch
-
-        time_ids = None
-        if self.time_ids is not None:
-            second = self.pair_time_ids if self.pair_time_ids is not None else self.time_ids
-            time_ids = torch.cat([self.time_ids, second])
-        return Conditioning(
-            self.hidden_states.repeat(2, 1, 1),
-            None if self.text_embeds is None else self.text_embeds.repeat(2, 1),
-            time_ids,
-        )
-
-    def unet_kwargs(self, dtype: torch.dtype) -> dict[str, Any]:
-        """Keyword arguments of ``UNet2DConditionModel.forward`` in the UNet's dtype."""
-        kwargs: dict[str, Any] = {"encoder_hidden_states": self.hidden_states.to(dtype)}
-        if self.text_embeds is not None and self.time_ids is not None:
-            kwargs["added_cond_kwargs"] = {
-                "text_embeds": self.text_embeds.to(dtype),
-                "time_ids": self.time_ids.to(dtype),
-            }
-        return kwargs
-
-
-class PromptEncoder(ABC):
-    """A pipeline's frozen text encoders, bound once; turns captions into :class:`Conditioning`."""
-
-    def __init__(self, pipe: Any):
-        self.vae_scale_factor = int(getattr(pipe, "vae_scale_factor", 8))
-
-    @property
-    @abstractmethod
-    def modules(self) -> list[torch.nn.Module]:
-        """The frozen text encoders (moved with :meth:`to`, never trained)."""
-
-    @property
-    @abstractmethod
-    def tokenizer(self) -> Any:
-        """The tokenizer whose vocabulary decides whether a caption is readable."""
-
-    def to(self, device: Any) -> PromptEncoder:
-        for m in self.modules:
-            m.to(device)
-        return self
-
-    @abstractmethod
-    def encode(
-        self,
-        captions: Sequence[str],
-        sizes: Sequence[SizeCond | None] | None = None,
-        latent_hw: tuple[int, int] | None = None,
-        pair_sizes: Sequence[SizeCond | None] | None = None,
-    ) -> Conditioning:
-        """Conditioning of ``captions``; ``sizes`` matter to SDXL only (None: uncropped at the latent size)."""
-
-    def default_size(self, latent_hw: tuple[int, int]) -> SizeCond:
-        """An image seen whole at the size it is trained at: what a generated sample is."""
-        h, w = (int(s) * self.vae_scale_factor for s in latent_hw)
-        return (h, w, 0, 0, h, w)
 
 
 class SDPromptEncoder(PromptEncoder):
@@ -219,7 +121,7 @@ class SDXLPromptEncoder(PromptEncoder):
         hidden, pooled = [], None
         with torch.no_grad():
             for tokenizer, encoder in zip(self.tokenizers, self.encoders, strict=True):
-                ids = _tokens(tokenizer, captions).input_ids.to(encoder.device)
+                ids = tokenize_captions(tokenizer, captions).input_ids.to(encoder.device)
                 out = encoder(ids, output_hidden_states=True)
                 if out[0].ndim == 2:  # the encoder with projection: its pooled text embedding
                     pooled = out[0]
@@ -260,17 +162,80 @@ class SDXLPromptEncoder(PromptEncoder):
         return torch.tensor(rows, dtype=like.dtype, device=like.device)
 
 
+def ddpm_process(pipe: Any, flow: Any = None) -> Any:
+    """The DDPM forward process matching the pipeline's scheduler config (what SD/SDXL train with)."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(pipe.scheduler.config)
+
+
+def check_unet_sample_size(pipe: Any, resolution: int) -> None:
+    """A UNet pipeline samples at its UNet's own size; a real/generated pair must have one latent shape."""
+    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
+    if size != resolution:
+        raise ConfigError(
+            f"data.resolution is {resolution} but the opponent samples at {size} px (the UNet's sample_size "
+            f"{pipe.unet.config.sample_size} x the VAE's factor {pipe.vae_scale_factor}); set data.resolution: {size}"
+        )
+
+
+def _as_sampled(pipe: Any, latents: torch.Tensor) -> torch.Tensor:
+    return latents
+
+
+def _no_kwargs(pipe: Any) -> dict[str, Any]:
+    return {}
+
+
+#: What the flow families do not support, each with the reason the run is refused for.
+FLOW_REFUSALS: tuple[tuple[str, str], ...] = (
+    ("spin-exact", "its stored trajectory replays DDIM/DPM-Solver steps in variance-preserving space"),
+    ("inversion-dpo", "it inverts with DDIM; the flow ODE run backwards is not built"),
+)
+
+
 @dataclass(frozen=True)
 class ModelFamily:
-    """One supported pipeline class: its components and how its captions become conditioning."""
+    """One supported pipeline class: its components, how its captions become conditioning, which
+    component is the trained denoiser, its training process (noising, target, network call), how the
+    sampler's output becomes a stored latent and at which size it samples."""
 
     pipeline_class: str
     description: str
     required_components: tuple[str, ...]
     encoder: type[PromptEncoder]
+    denoiser: str = "unet"
+    denoiser_class: str = "UNet2DConditionModel"
+    process: Callable[[Any, Any], Any] = ddpm_process
+    sampled_latents: Callable[[Any, Any], Any] = _as_sampled
+    sample_at: Callable[[Any, int], None] = check_unet_sample_size
+    refused_methods: tuple[tuple[str, str], ...] = ()
+    samplers: tuple[str, ...] = ("dpmsolver++", "ddim", "euler", "pipeline")
+    #: extra arguments of every sampling call (Sana: the size, without resolution binning)
+    sampler_kwargs: Callable[[Any], dict[str, Any]] = _no_kwargs
 
     def prompt_encoder(self, pipe: Any) -> PromptEncoder:
         return self.encoder(pipe)
+
+    def check_sampler(self, sampler: str, field: str) -> None:
+        """Refuse a sampler this family cannot sample with (a flow model keeps its own flow-matching one)."""
+        if sampler not in self.samplers:
+            raise ConfigError(
+                f"{field}: {sampler} does not apply to {self.pipeline_class}; use one of "
+                f"{', '.join(self.samplers)} (the pipeline's own flow-matching sampler)"
+            )
+
+    def check_run(self, method: str, sampler: str, snr_gamma: float | None) -> None:
+        """Refuse, in one line, a method or setting this family does not define."""
+        for name, why in self.refused_methods:
+            if method == name:
+                raise ConfigError(f"method: {method} is not available for {self.pipeline_class}: {why}")
+        self.check_sampler(sampler, "sampling.scheduler")
+        if snr_gamma is not None and self.process is not ddpm_process:
+            raise ConfigError(
+                f"training.snr_gamma: min-SNR weighting is for DDPM models; {self.pipeline_class} weights "
+                "its loss with model.flow.weighting"
+            )
 
 
 SD = ModelFamily(
@@ -285,7 +250,45 @@ SDXL = ModelFamily(
     ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
     SDXLPromptEncoder,
 )
-FAMILIES: dict[str, ModelFamily] = {f.pipeline_class: f for f in (SD, SDXL)}
+SD3 = ModelFamily(
+    "StableDiffusion3Pipeline",
+    "Stable Diffusion 3 / 3.5 (rectified flow; T5 optional)",
+    ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+    SD3PromptEncoder,
+    denoiser="transformer",
+    denoiser_class="SD3Transformer2DModel",
+    process=sd3_process,
+    sample_at=partial(set_flow_sample_size, latent_multiple=2),
+    refused_methods=FLOW_REFUSALS,
+    samplers=("pipeline",),
+)
+FLUX = ModelFamily(
+    "FluxPipeline",
+    "FLUX.1 dev / schnell (rectified flow; guidance-distilled dev embeds its guidance)",
+    ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+    FluxPromptEncoder,
+    denoiser="transformer",
+    denoiser_class="FluxTransformer2DModel",
+    process=flux_process,
+    sampled_latents=flux_sampled_latents,
+    sample_at=partial(set_flow_sample_size, latent_multiple=2),
+    refused_methods=FLOW_REFUSALS,
+    samplers=("pipeline",),
+)
+SANA = ModelFamily(
+    "SanaPipeline",
+    "Sana (rectified flow; Gemma-2 text encoder, DC-AE latents)",
+    ("transformer", "vae", "text_encoder", "tokenizer", "scheduler"),
+    SanaPromptEncoder,
+    denoiser="transformer",
+    denoiser_class="SanaTransformer2DModel",
+    process=sana_process,
+    sample_at=partial(set_flow_sample_size, latent_multiple=1, pixel_multiple=32),
+    refused_methods=FLOW_REFUSALS,
+    samplers=("pipeline",),
+    sampler_kwargs=sana_sampler_kwargs,
+)
+FAMILIES: dict[str, ModelFamily] = {f.pipeline_class: f for f in (SD, SDXL, SD3, FLUX, SANA)}
 
 
 def supported_description() -> str:
@@ -298,8 +301,7 @@ def family_for_class(class_name: str | None, source: str) -> ModelFamily:
     if family is None:
         raise CheckpointError(
             f"{source} is a {class_name or 'pipeline of unknown class'}, which spin-diffusion does not "
-            f"support (flow-matching models such as SD3 or Flux cannot be trained here); supported: "
-            f"{supported_description()}"
+            f"support; supported: {supported_description()}"
         )
     return family
 
@@ -322,3 +324,22 @@ def family_of(pipe: Any) -> ModelFamily:
 def prompt_encoder(pipe: Any) -> PromptEncoder:
     """The pipeline's :class:`PromptEncoder` (its family resolved from its class)."""
     return family_of(pipe).prompt_encoder(pipe)
+
+
+def denoiser_of(pipe: Any) -> torch.nn.Module:
+    """The network a run trains: the UNet, or the transformer of a flow family."""
+    return getattr(pipe, family_of(pipe).denoiser)
+
+
+def denoiser_component(module: torch.nn.Module) -> str:
+    """The pipeline component name (``unet``, ``transformer``) a trained denoiser is saved and loaded under."""
+    name = type(module).__name__
+    for family in FAMILIES.values():
+        if family.denoiser_class == name:
+            return family.denoiser
+    raise CheckpointError(f"a {name} is not the denoiser of any supported family")
+
+
+def set_denoiser(pipe: Any, module: torch.nn.Module) -> None:
+    """Put ``module`` in the pipeline as its denoiser (to sample or save with another set of weights)."""
+    setattr(pipe, family_of(pipe).denoiser, module)

@@ -7,6 +7,7 @@ hub id; every failure is one line that says what to do.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -14,7 +15,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.errors import CheckpointError
-from spin_diffusion.model.families import family_for_class, family_of_directory
+from spin_diffusion.model.families import (
+    denoiser_of,
+    family_for_class,
+    family_of,
+    family_of_directory,
+    set_denoiser,
+)
 from spin_diffusion.model.lora import LORA_WEIGHT_NAME, load_lora_into
 from spin_diffusion.model.shipped import MODEL_ALIASES
 
@@ -71,8 +78,11 @@ def load_pipeline(
             )
         source = str(path)
         family_of_directory(path)  # an unsupported pipeline class is refused before its weights load
-        if "safety_checker" in (path / "model_index.json").read_text():
+        index = json.loads((path / "model_index.json").read_text())
+        if "safety_checker" in index:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
+        # a component saved as absent (SD3 without T5: text_encoder_3 [null, null]) is passed as None
+        kwargs.update({k: None for k, v in index.items() if v == [None, None] and k not in kwargs})
     elif looks_like_local_path(name):
         raise CheckpointError(
             f"model path {name} does not exist; give a local diffusers directory or a hub id"
@@ -125,15 +135,14 @@ def quiet_loading() -> Iterator[None]:
 
 
 def load_unet_into(pipe: DiffusionPipeline, unet_dir: str | os.PathLike[str]) -> None:
-    """Replace the pipeline's UNet with a fine-tuned one saved as ``unet/``, checking it fits."""
-    from diffusers import UNet2DConditionModel
-
+    """Replace the pipeline's denoiser (UNet or transformer) with a fine-tuned one, checking it fits."""
     path = Path(unet_dir)
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} is not a diffusers UNet directory (no config.json)")
-    unet = UNet2DConditionModel.from_pretrained(str(path), torch_dtype=pipe.unet.dtype)
-    check_same_architecture(pipe.unet, unet, what=str(path))
-    pipe.unet = unet
+    current = denoiser_of(pipe)
+    unet = type(current).from_pretrained(str(path), torch_dtype=current.dtype)
+    check_same_architecture(current, unet, what=str(path))
+    set_denoiser(pipe, unet)
 
 
 def check_same_architecture(expected: torch.nn.Module, found: torch.nn.Module, what: str) -> None:
@@ -154,17 +163,18 @@ def load_trained_into(pipe: DiffusionPipeline, model_dir: str | os.PathLike[str]
     LoRA file is applied to ``pipe`` as it is, so ``pipe`` must be the base model.
     """
     model_dir = Path(model_dir)
+    component = family_of(pipe).denoiser  # unet/ or transformer/
     if not model_dir.exists():
         raise CheckpointError(f"fine-tuned weights {model_dir} do not exist")
     if model_dir.is_file():
         load_lora_into(pipe, model_dir)
     elif (model_dir / "config.json").is_file():
         load_unet_into(pipe, model_dir)
-    elif (model_dir / "unet").is_dir():
-        load_unet_into(pipe, model_dir / "unet")
+    elif (model_dir / component).is_dir():
+        load_unet_into(pipe, model_dir / component)
     elif (model_dir / LORA_WEIGHT_NAME).is_file():
         load_lora_into(pipe, model_dir)
     elif (model_dir / "model_index.json").is_file():
-        load_unet_into(pipe, model_dir / "unet")
+        load_unet_into(pipe, model_dir / component)
     else:
-        raise CheckpointError(f"{model_dir} holds neither unet/ nor {LORA_WEIGHT_NAME}")
+        raise CheckpointError(f"{model_dir} holds neither {component}/ nor {LORA_WEIGHT_NAME}")

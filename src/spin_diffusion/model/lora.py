@@ -161,9 +161,10 @@ def read_lora_file(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tens
         tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
     layers = {}
     for key, a in tensors.items():
-        if key.startswith("unet.") and key.endswith(down):
-            name = key[len("unet.") : -len(down)]
-            b = tensors.get(f"unet.{name}{up}")
+        prefix = key.split(".", 1)[0] + "."  # the component: unet. or transformer.
+        if prefix in ("unet.", "transformer.") and key.endswith(down):
+            name = key[len(prefix) : -len(down)]
+            b = tensors.get(f"{prefix}{name}{up}")
             if b is None:
                 raise CheckpointError(f"LoRA file {path} has {key} but no matching {up[1:]}")
             layers[name] = (a, b)
@@ -171,15 +172,15 @@ def read_lora_file(path: Path) -> tuple[dict[str, tuple[torch.Tensor, torch.Tens
 
 
 def write_lora_file(
-    layers: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, iterations: int
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]], path: Path, iterations: int, component: str = "unet"
 ) -> None:
     """A ``pytorch_lora_weights.safetensors`` that ``pipe.load_lora_weights(dir)`` applies at scale 1."""
     from safetensors.torch import save_file
 
     tensors = {}
     for name, (a, b) in sorted(layers.items()):
-        tensors[f"unet.{name}.lora.down.weight"] = a.contiguous()
-        tensors[f"unet.{name}.lora.up.weight"] = b.contiguous()
+        tensors[f"{component}.{name}.lora.down.weight"] = a.contiguous()
+        tensors[f"{component}.{name}.lora.up.weight"] = b.contiguous()
     meta = {"format": "pt", LORA_KIND_KEY: LORA_KIND, LORA_ITERATIONS_KEY: str(iterations)}
     save_file(tensors, str(path), metadata=meta)
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.errors import CheckpointError
+from spin_diffusion.model.families import family_of
+from spin_diffusion.model.flow import FlowMatchingProcess
 from spin_diffusion.objectives.core import denoising_error
 
 if TYPE_CHECKING:
@@ -14,11 +16,11 @@ if TYPE_CHECKING:
     from spin_diffusion.model.families import Conditioning
 
 
-def training_scheduler(pipe: DiffusionPipeline) -> Any:
-    """The DDPM forward process matching the pipeline's scheduler config (what SD trains with)."""
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(pipe.scheduler.config)
+def training_scheduler(pipe: DiffusionPipeline, flow: Any = None) -> Any:
+    """The forward process the pipeline's family trains with: the DDPM scheduler matching the
+    pipeline's scheduler config (SD, SDXL) or a flow-matching process (SD3, FLUX, Sana; ``flow`` is
+    ``model.flow`` of the run config)."""
+    return family_of(pipe).process(pipe, flow)
 
 
 def diffusion_target(
@@ -50,6 +52,8 @@ def prediction_error(
     objectives (:mod:`spin_diffusion.objectives.core`) are pure functions of it.
     ``cond`` comes from the model family's prompt encoder.
     """
+    if isinstance(noise_scheduler, FlowMatchingProcess):  # the flow families' process calls its own network
+        return noise_scheduler.prediction_error(unet, latents, cond, timesteps, noise)
     noisy = noise_scheduler.add_noise(latents, noise, timesteps)
     target = diffusion_target(noise_scheduler, latents, noise, timesteps)
     dtype = next(unet.parameters()).dtype

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spin_diffusion.infra.atomic import atomic_directory
+from spin_diffusion.model.families import denoiser_component, denoiser_of, set_denoiser
 from spin_diffusion.model.lora import (
     LORA_ITERATIONS_KEY,
     LORA_KIND,
@@ -46,7 +47,7 @@ def save_trained_unet(
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
         if not has_lora(unet):
-            unet.save_pretrained(str(tmp / "unet"), safe_serialization=True)
+            unet.save_pretrained(str(tmp / denoiser_component(unet)), safe_serialization=True)
         else:
             _save_lora_iteration(unet, tmp, out_dir, previous)
     return out_dir
@@ -58,7 +59,9 @@ def _save_lora_iteration(
     """The LoRA half of :func:`save_trained_unet`, written into the temporary directory ``tmp``."""
     layers, iterations = lora_layers(unet), 1
     if previous is not None:
-        merge_lora(copy.deepcopy(unet)).save_pretrained(str(tmp / "unet"), safe_serialization=True)
+        merge_lora(copy.deepcopy(unet)).save_pretrained(
+            str(tmp / denoiser_component(unet)), safe_serialization=True
+        )
         prev_file = Path(previous) / LORA_WEIGHT_NAME
         prev_layers, meta = read_lora_file(prev_file) if prev_file.is_file() else ({}, {})
         if meta.get(LORA_KIND_KEY) == LORA_KIND:
@@ -72,7 +75,7 @@ def _save_lora_iteration(
             )
             layers = {}
     if layers:
-        write_lora_file(layers, tmp / LORA_WEIGHT_NAME, iterations)
+        write_lora_file(layers, tmp / LORA_WEIGHT_NAME, iterations, denoiser_component(unet))
 
 
 def save_full_pipeline(
@@ -90,13 +93,13 @@ def save_full_pipeline(
     if has_lora(unet):
         unet = copy.deepcopy(unet)
         unet = merge_lora(unet)
-    original = pipe.unet
-    pipe.unet = unet
+    original = denoiser_of(pipe)
+    set_denoiser(pipe, unet)
     try:
         with atomic_directory(out_dir) as tmp:
             pipe.save_pretrained(str(tmp), safe_serialization=True)
             if extra is not None:
                 extra(tmp)
     finally:
-        pipe.unet = original
+        set_denoiser(pipe, original)
     return out_dir

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.infra.interrupt import Interrupted
+from spin_diffusion.model.families import family_of
 
 if TYPE_CHECKING:
     import torch
@@ -28,6 +29,7 @@ def use_scheduler(pipe: DiffusionPipeline, name: str) -> None:
     """Swap the sampling scheduler, keeping the model's noise schedule and prediction type."""
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
+    family_of(pipe).check_sampler(name, "scheduler")  # a flow model samples with its own scheduler
     config = pipe.scheduler.config
     if name == "dpmsolver++":
         pipe.scheduler = DPMSolverMultistepScheduler.from_config(config, algorithm_type="dpmsolver++")
@@ -66,8 +68,10 @@ def generate_latents(
     if len(prompts) != len(seeds):
         raise ValueError("prompts and seeds must have the same length")
     out = []
+    family = family_of(pipe)  # FLUX's sampler returns packed tokens: stored latents are [N, C, h, w]
     params = _call_parameters(pipe)
     extra: dict[str, Any] = {"eta": eta} if "eta" in params else {}
+    extra.update(family.sampler_kwargs(pipe))
     if trajectory and "callback_on_step_end" not in params:
         raise ValueError(f"{type(pipe).__name__} has no callback_on_step_end: cannot store trajectories")
     with torch.inference_mode(), _quiet_diffusers():
@@ -85,7 +89,10 @@ def generate_latents(
                 output_type="latent",
                 **extra,
             )
-            out.append(torch.stack(points, dim=1) if trajectory else result.images.float().cpu())
+            latents = (
+                torch.stack(points, dim=1) if trajectory else family.sampled_latents(pipe, result.images)
+            )
+            out.append(latents.float().cpu())
             if progress is not None:
                 progress.update(len(batch_prompts))
             if stop is not None and stop():

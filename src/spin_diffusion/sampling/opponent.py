@@ -29,6 +29,7 @@ from spin_diffusion.infra.shards import (
     shard_name,
     write_shard,
 )
+from spin_diffusion.model.families import denoiser_of, set_denoiser
 from spin_diffusion.sampling.generate import (
     SamplingInterrupted,
     decode_latents,
@@ -191,7 +192,7 @@ def _sample_shards(
     settings = plan.settings
     use_scheduler(pipe, settings.scheduler)
     if settings.compile:
-        pipe.unet = torch.compile(pipe.unet)
+        set_denoiser(pipe, torch.compile(denoiser_of(pipe)))
     mine = [(i, s) for i, s in plan.shards if i % world_size == rank]
     bad = {i for i, _ in plan.bad_shards(mine)}
     todo = [(i, s) for i, s in mine if i in bad]

@@ -21,6 +21,7 @@ from spin_diffusion.config.run import PREFERENCE_METHODS, RunConfig
 from spin_diffusion.errors import ConfigError
 from spin_diffusion.infra.atomic import write_json_atomic
 from spin_diffusion.infra.run_layout import RunLayout, iteration_name
+from spin_diffusion.model.families import denoiser_of, family_of
 from spin_diffusion.selfplay.iteration import Opponent, RunContext, run_iteration
 from spin_diffusion.selfplay.opponents import load_iteration_unet
 from spin_diffusion.selfplay.report import write_results
@@ -65,16 +66,20 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         cfg.training_for(k).accumulation_steps(accelerator.num_processes)
     pipe = load_pipeline(cfg.model.pretrained, revision=cfg.model.revision)
     prompts = prompt_encoder(pipe)  # the model family, resolved once from the pipeline's class
+    family = family_of(pipe)
+    family.check_run(cfg.method, cfg.sampling.scheduler, cfg.training.snr_gamma)
     data_cfg = cfg.data
     if cfg.method == "spin":
-        _check_sampling_size(pipe, data_cfg.resolution)
+        family.sample_at(pipe, data_cfg.resolution)  # a real/generated pair must have one latent shape
     data_record = {
         "latent_cache_key": latent_cache_key(data_cfg, pipe.vae, pairs=cfg.method in PREFERENCE_METHODS),
         "data_path": str(data_cfg.path),
     }
     if cfg.model.lora.enabled:
-        check_lora_targets(pipe.unet, cfg.model.lora.target_modules)
+        check_lora_targets(denoiser_of(pipe), cfg.model.lora.target_modules)
     eval_cfg = cfg.evaluation
+    if eval_cfg is not None:
+        family.check_sampler(eval_cfg.scheduler, "evaluation.scheduler")
     if eval_cfg is not None and accelerator.is_main_process:
         from spin_diffusion.evaluation.runner import check_scorers
 
@@ -104,12 +109,12 @@ def _run_locked(
     started = time.time()
     clock = PhaseClock()
     ctx = _prepare(cfg, accelerator, pipe, prompts, data_cfg, show_progress)
-    base_fp = fingerprint_module(pipe.unet)  # frozen and placed on the device
+    base_fp = fingerprint_module(denoiser_of(pipe))  # frozen and placed on the device
     clock.lap("encode")
     # theta_0. Only the current opponent is kept (no separate copy of the base): memory stays the
     # same in every iteration, and theta_{k-1} is the template a finished iteration's model loads into
     # (iteration 1's LoRA file is relative to the base, and then theta_0 is the current opponent).
-    history = _iterate(ctx, Opponent(pipe.unet, base_fp), data_record)
+    history = _iterate(ctx, Opponent(denoiser_of(pipe), base_fp), data_record)
     results = {"name": cfg.name, "method": cfg.method, "iterations": history, "base_fingerprint": base_fp}
     if accelerator.is_main_process:
         clock.lap("iterations")
@@ -136,8 +141,8 @@ def _prepare(
         part.requires_grad_(False)
         part.eval()
     pipe.to(accelerator.device)
-    pipe.unet.requires_grad_(False)
-    noise_scheduler = training_scheduler(pipe)
+    denoiser_of(pipe).requires_grad_(False)
+    noise_scheduler = training_scheduler(pipe, cfg.model.flow)
     with accelerator.main_process_first():
         cache = ensure_latent_cache(
             data_cfg,
@@ -199,16 +204,6 @@ def with_mixed_precision(cfg: RunConfig, used: str) -> RunConfig:
     """
     training = cfg.training.model_copy(update={"mixed_precision": used})
     return cfg.model_copy(update={"training": training})
-
-
-def _check_sampling_size(pipe: Any, resolution: int) -> None:
-    """The opponent samples at the UNet's own size; a real/generated pair must have one latent shape."""
-    size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    if size != resolution:
-        raise ConfigError(
-            f"data.resolution is {resolution} but the opponent samples at {size} px (the UNet's sample_size "
-            f"{pipe.unet.config.sample_size} x the VAE's factor {pipe.vae_scale_factor}); set data.resolution: {size}"
-        )
 
 
 def _evaluate(cfg: RunConfig, run_dir: Path, num_iterations: int) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from typing import Any
 from spin_diffusion.config.run import SELF_PLAY_METHODS, RunConfig
 from spin_diffusion.infra.run_layout import IterationLayout, RunLayout
 from spin_diffusion.infra.seeds import iteration_seed
+from spin_diffusion.model.families import set_denoiser
 from spin_diffusion.selfplay.opponents import merged_copy, reference_table, torch_dtype
 from spin_diffusion.selfplay.tracking import PhaseClock, global_step_offset
 from spin_diffusion.selfplay.training_data import training_data
@@ -101,7 +102,7 @@ def build_data(ctx: RunContext, stage: _Stage, opponent: Opponent) -> tuple[Any,
     flip = ctx.data_cfg.random_flip
     if cfg.method not in SELF_PLAY_METHODS:
         return training_data(cfg.method, ctx.cache, flip), None
-    ctx.pipe.unet = opponent.unet
+    set_denoiser(ctx.pipe, opponent.unet)
     samples = sample_opponent(
         ctx.pipe,
         ctx.cache.ids,

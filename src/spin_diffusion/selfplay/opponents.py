@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.infra.atomic import atomic_file
+from spin_diffusion.model.families import denoiser_of, set_denoiser
 
 if TYPE_CHECKING:
     import torch
@@ -39,16 +40,16 @@ def load_iteration_unet(template: Any, pipe: Any, model_dir: Path) -> Any:
     """theta_k from a finished iteration's ``model/`` directory, as a plain (merged) UNet."""
     from spin_diffusion.model.loading import load_trained_into
 
-    original = pipe.unet
-    pipe.unet = copy.deepcopy(template)
+    original = denoiser_of(pipe)
+    set_denoiser(pipe, copy.deepcopy(template))
     try:
         load_trained_into(pipe, model_dir)
-        if getattr(pipe.unet, "peft_config", None):
+        if getattr(denoiser_of(pipe), "peft_config", None):
             pipe.fuse_lora()
             pipe.unload_lora_weights()
-        unet = pipe.unet
+        unet = denoiser_of(pipe)
     finally:
-        pipe.unet = original
+        set_denoiser(pipe, original)
     unet.requires_grad_(False)
     unet.eval()
     return unet

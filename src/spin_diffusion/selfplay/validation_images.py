@@ -14,6 +14,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from spin_diffusion.model.families import denoiser_of, set_denoiser
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -45,13 +47,14 @@ class ValidationSet:
 @contextlib.contextmanager
 def _swapped_unet(pipe: Any, unet: Any) -> Iterator[None]:
     """``pipe`` with ``unet`` in place, in eval mode; the pipeline, its scheduler and the mode are restored."""
-    original, scheduler, training = pipe.unet, pipe.scheduler, unet.training
-    pipe.unet = unet
+    original, scheduler, training = denoiser_of(pipe), pipe.scheduler, unet.training
+    set_denoiser(pipe, unet)
     unet.eval()
     try:
         yield
     finally:
-        pipe.unet, pipe.scheduler = original, scheduler
+        set_denoiser(pipe, original)
+        pipe.scheduler = scheduler
         unet.train(training)
 
 
