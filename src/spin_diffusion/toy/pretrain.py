@@ -12,12 +12,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,6 +29,7 @@ class PretrainConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    family: Literal["sd"] = Field("sd", description="sd: the UNet base; sd3: see toy.pretrain_flow")
     seed: int = 0
     n_images: int = Field(8000, ge=16, description="web (caption, image) pairs: a fixed, finite budget")
     image_size: int = Field(32, ge=16)
@@ -127,7 +126,7 @@ def refine_decoder(vae, cfg: PretrainConfig, log: Callable) -> None:
     gen = torch.Generator().manual_seed(cfg.seed + 3)
     with torch.inference_mode():
         mean, std = encode_latents(vae, pixels)
-    decoder = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    decoder = [p for m in (vae.decoder, vae.post_quant_conv) if m is not None for p in m.parameters()]
     vae.requires_grad_(False)
     for p in decoder:
         p.requires_grad_(True)
@@ -185,6 +184,58 @@ def encode_latents(vae, pixels: torch.Tensor, batch: int = 256) -> tuple[torch.T
     return torch.cat(means), torch.cat(stds)
 
 
+def denoiser_loop(
+    modules: list,
+    step_loss: Callable[[torch.Tensor], torch.Tensor],
+    n_examples: int,
+    cfg: PretrainConfig,
+    gen,
+    log: Callable,
+    snapshot: Callable | None = None,
+) -> None:
+    """The denoiser stage every family shares: AdamW, warm-up + cosine, clipping, logging, snapshots.
+
+    ``step_loss(idx)`` is the family's loss on the examples ``idx`` (drawn here, from ``gen``).
+    """
+    import torch
+
+    params = [p for m in modules for p in m.parameters()]
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps))
+    for m in modules:
+        m.train()
+    for step in range(cfg.unet_steps):
+        idx = torch.randint(n_examples, (cfg.unet_batch_size,), generator=gen)
+        loss = step_loss(idx)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % 100 == 0 or step == cfg.unet_steps - 1:
+            log(
+                {
+                    "stage": "denoiser",
+                    "step": step,
+                    "loss": round(loss.item(), 5),
+                    "lr": sched.get_last_lr()[0],
+                }
+            )
+        if (
+            snapshot
+            and cfg.snapshot_every
+            and (step + 1) % cfg.snapshot_every == 0
+            and step + 1 < cfg.unet_steps
+        ):
+            for m in modules:
+                m.eval()
+            snapshot(step + 1)
+            for m in modules:
+                m.train()
+    for m in modules:
+        m.eval()
+
+
 def train_denoiser(
     pipe,
     latents,
@@ -206,55 +257,75 @@ def train_denoiser(
     empty = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
     mean, std = latents
     sf = pipe.vae.config.scaling_factor
-    unet, text = pipe.unet, pipe.text_encoder
-    params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg.warmup_steps, cfg.unet_steps))
-    unet.train()
-    text.train()
-    for step in range(cfg.unet_steps):
-        idx = torch.randint(len(ids), (cfg.unet_batch_size,), generator=gen)
+
+    def step_loss(idx: torch.Tensor) -> torch.Tensor:
         x0 = (mean[idx] + std[idx] * torch.randn(mean[idx].shape, generator=gen)) * sf
         batch_ids = ids[idx].clone()
         drop = torch.rand(len(idx), generator=gen) < cfg.p_empty_caption
         batch_ids[drop] = empty[0]
         eps = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, noise_sched.config.num_train_timesteps, (len(idx),), generator=gen)
-        xt = noise_sched.add_noise(x0, eps, t)
-        cond = text(batch_ids)[0]
-        pred = unet(xt, t, cond).sample
-        loss = ((pred.float() - eps) ** 2).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        if step % 100 == 0 or step == cfg.unet_steps - 1:
-            log({"stage": "unet", "step": step, "loss": round(loss.item(), 5), "lr": sched.get_last_lr()[0]})
-        if (
-            snapshot
-            and cfg.snapshot_every
-            and (step + 1) % cfg.snapshot_every == 0
-            and step + 1 < cfg.unet_steps
-        ):
-            unet.eval()
-            text.eval()
-            snapshot(step + 1)
-            unet.train()
-            text.train()
-    unet.eval()
-    text.eval()
+        pred = pipe.unet(noise_sched.add_noise(x0, eps, t), t, pipe.text_encoder(batch_ids)[0]).sample
+        return ((pred.float() - eps) ** 2).mean()
+
+    denoiser_loop([pipe.unet, pipe.text_encoder], step_loss, len(ids), cfg, gen, log, snapshot)
+
+
+def build_sd_pipeline(cfg: PretrainConfig):
+    """The UNet family's tiny ``StableDiffusionPipeline`` at this config's sizes (random weights)."""
+    from spin_diffusion.model.tiny import TinyPipelineSpec, build_tiny_pipeline
+    from spin_diffusion.toy.world import VOCABULARY
+
+    spec = TinyPipelineSpec(
+        words=VOCABULARY,
+        image_size=cfg.image_size,
+        vae_channels=cfg.vae_channels,
+        latent_channels=cfg.latent_channels,
+        unet_channels=cfg.unet_channels,
+        text_hidden_size=cfg.text_hidden_size,
+        max_length=cfg.max_length,
+    )
+    return build_tiny_pipeline(spec, seed=cfg.seed)
 
 
 def pretrain(
     cfg: PretrainConfig, out_dir: str | os.PathLike[str], log: Callable | None = None
 ) -> StableDiffusionPipeline:
-    """Run both stages and save the pipeline (diffusers layout, safetensors) to ``out_dir`` atomically."""
+    """Pretrain the UNet family's toy base (see :func:`run_stages`)."""
+    return run_stages(cfg, out_dir, build_sd_pipeline, train_denoiser, log)
+
+
+def calibrate_latents(vae, mean: torch.Tensor, std: torch.Tensor, gen) -> float:
+    """Set ``scaling_factor`` (and ``shift_factor`` where the VAE has one, as SD3's does) so the
+    denoiser's latents ``(z - shift) * scale`` have zero mean (with a shift) and unit std."""
     import torch
 
-    from spin_diffusion.model.tiny import TinyPipelineSpec, build_tiny_pipeline
+    z = mean + std * torch.randn(mean.shape, generator=gen)
+    if vae.config.get("shift_factor") is not None:
+        shift = z.mean().item()
+        vae.register_to_config(shift_factor=round(shift, 5))
+        z = z - shift
+    sample_std = z.std().item()
+    vae.register_to_config(scaling_factor=round(1.0 / sample_std, 5))
+    return sample_std
+
+
+def run_stages(
+    cfg: PretrainConfig,
+    out_dir: str | os.PathLike[str],
+    build: Callable,
+    train: Callable,
+    log: Callable | None = None,
+):
+    """VAE, denoiser (``train``, the family's), decoder refinement; save atomically to ``out_dir``.
+
+    ``build(cfg)`` makes the family's randomly initialised pipeline; the data, the VAE stages and
+    the RNG streams are the same for every family.
+    """
+    import torch
+
     from spin_diffusion.toy.datasets import generate_pairs
-    from spin_diffusion.toy.world import VOCABULARY
+    from spin_diffusion.toy.pretrain_io import load_frozen_vae, save_pipeline
 
     start = time.time()
     sink = log or (lambda rec: print(json.dumps(rec), flush=True))
@@ -267,16 +338,7 @@ def pretrain(
     captions = [t for t, _ in pairs]
     pixels = _images_to_tensor([im for _, im in pairs])
     log({"stage": "data", "n": len(pairs), "seconds": round(time.time() - start, 1)})
-    spec = TinyPipelineSpec(
-        words=VOCABULARY,
-        image_size=cfg.image_size,
-        vae_channels=cfg.vae_channels,
-        latent_channels=cfg.latent_channels,
-        unet_channels=cfg.unet_channels,
-        text_hidden_size=cfg.text_hidden_size,
-        max_length=cfg.max_length,
-    )
-    pipe = build_tiny_pipeline(spec, seed=cfg.seed)
+    pipe = build(cfg)
     gen = torch.Generator().manual_seed(cfg.seed)
     # The autoencoder sees both kinds of toy image (as SD's VAE saw general photos), so curated
     # images, the fine-tuning target, reconstruct well; the denoiser sees web data only.
@@ -289,65 +351,17 @@ def pretrain(
         vae_pixels = torch.cat([pixels, _images_to_tensor([im for _, im in curated])]) if curated else pixels
         train_vae(pipe.vae, vae_pixels, cfg, gen, log)
         mean, std = encode_latents(pipe.vae, pixels)
-        sample_std = (mean + std * torch.randn(mean.shape, generator=gen)).std().item()
-        pipe.vae.register_to_config(scaling_factor=round(1.0 / sample_std, 5))
+        sample_std = calibrate_latents(pipe.vae, mean, std, gen)
         log({"stage": "vae_done", "latent_std": sample_std, "recon_fidelity": vae_recon_fidelity(pipe.vae, cfg), "scaling_factor": pipe.vae.config.scaling_factor,
-             "seconds": round(time.time() - start, 1)})  # fmt: skip
+             "shift_factor": pipe.vae.config.get("shift_factor"), "seconds": round(time.time() - start, 1)})  # fmt: skip
 
     def snapshot(step: int) -> None:
         save_pipeline(pipe, f"{out_dir}.step-{step}", {"config": cfg.model_dump(), "unet_step": step})
         log({"stage": "snapshot", "step": step})
 
-    train_denoiser(pipe, (mean, std), captions, cfg, gen, log, snapshot)
+    train(pipe, (mean, std), captions, cfg, gen, log, snapshot)
     if cfg.vae_from is None:
         refine_decoder(pipe.vae, cfg, log)
     save_pipeline(pipe, out_dir, {"config": cfg.model_dump(), "seconds": round(time.time() - start, 1)})
     log({"stage": "done", "seconds": round(time.time() - start, 1), "out_dir": str(out_dir)})
     return pipe
-
-
-def load_frozen_vae(pipeline_dir: Path, expected: dict):
-    """The ``vae/`` of an earlier toy pipeline; refused unless its architecture matches this config."""
-    from diffusers import AutoencoderKL
-
-    from spin_diffusion.errors import UserError
-
-    vae_dir = pipeline_dir / "vae"
-    if not (vae_dir / "config.json").is_file():
-        raise UserError(f"vae_from: {vae_dir} has no config.json (not a diffusers pipeline directory)")
-    vae = AutoencoderKL.from_pretrained(vae_dir)
-    keys = ("block_out_channels", "latent_channels", "sample_size")
-    mismatch = [k for k in keys if tuple(_as_tuple(vae.config[k])) != tuple(_as_tuple(expected[k]))]
-    if mismatch:
-        raise UserError(
-            f"vae_from: {vae_dir} has a different {', '.join(mismatch)} than this pretraining config"
-        )
-    vae.requires_grad_(False)
-    vae.eval()
-    return vae
-
-
-def _as_tuple(value) -> tuple:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value,)
-
-
-def save_pipeline(pipe, out_dir: str | os.PathLike[str], summary: dict) -> Path:
-    """``save_pretrained`` into a temporary sibling, then swap it in (never a half-written model)."""
-    out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        pipe.save_pretrained(tmp, safe_serialization=True)
-        (tmp / "pretrain_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
