@@ -88,41 +88,71 @@ def judge(
 @app.command()
 def pretrain(
     out_dir: Annotated[Path, typer.Argument(help="where the pipeline is saved (diffusers layout)")],
+    family: Annotated[
+        Literal["sd", "sd3"],
+        typer.Option(
+            help="sd: the UNet base (toy-base); sd3: SD3 without T5, rectified flow (toy-flow-base)"
+        ),
+    ] = "sd",
     seed: Annotated[int, typer.Option(help="seed of data, init and training")] = 0,
     n_images: Annotated[int, typer.Option(min=16, help="web pairs in the fixed pretraining set")] = 8000,
-    vae_steps: Annotated[int, typer.Option(min=1)] = 1500,
-    unet_steps: Annotated[int, typer.Option(min=1)] = 2500,
-    unet_batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    vae_steps: Annotated[int | None, typer.Option(min=1, help="default: the family's")] = None,
+    decoder_steps: Annotated[int | None, typer.Option(min=0, help="default: the family's")] = None,
+    unet_steps: Annotated[
+        int | None, typer.Option(min=1, help="denoiser steps (default: the family's)")
+    ] = None,
+    unet_batch_size: Annotated[int | None, typer.Option(min=1, help="default: the family's")] = None,
+    threads: Annotated[int, typer.Option(min=1, help="torch threads")] = 2,
     snapshot_every: Annotated[int, typer.Option(min=0, help="also save <out_dir>.step-N every N steps")] = 0,
     vae_from: Annotated[
         Path | None, typer.Option(help="reuse this pipeline's VAE (skips the VAE stages)")
     ] = None,
     config: Annotated[
-        Path | None, typer.Option(help="JSON/YAML PretrainConfig; overrides the options")
+        Path | None,
+        typer.Option(
+            help="JSON/YAML PretrainConfig ('family: sd3' for the flow base); overrides the options"
+        ),
     ] = None,
 ) -> None:
-    """Pretrain the toy base model on web data: VAE first, then UNet + text encoder (logs JSON lines)."""
-    from spin_diffusion.toy.pretrain import PretrainConfig
-    from spin_diffusion.toy.pretrain import pretrain as run_pretrain
-
+    """Pretrain a toy base on web data: VAE, then the denoiser + text encoders, then the decoder (JSON logs)."""
     if config is not None:
         cfg = _load_pretrain_config(config)
     else:
-        cfg = PretrainConfig(seed=seed, n_images=n_images, vae_steps=vae_steps, unet_steps=unet_steps,
-                             unet_batch_size=unet_batch_size, snapshot_every=snapshot_every,
-                             vae_from=None if vae_from is None else str(vae_from))  # fmt: skip
-    run_pretrain(cfg, out_dir)
+        given = {"vae_steps": vae_steps, "decoder_steps": decoder_steps, "unet_steps": unet_steps,
+                 "unet_batch_size": unet_batch_size}  # fmt: skip
+        cfg = _pretrain_config_class(family)(
+            seed=seed, n_images=n_images, threads=threads, snapshot_every=snapshot_every,
+            vae_from=None if vae_from is None else str(vae_from),
+            **{k: v for k, v in given.items() if v is not None},
+        )  # fmt: skip
+    _run_pretrain(cfg, out_dir)
+
+
+def _pretrain_config_class(family: str):
+    from spin_diffusion.toy.pretrain import PretrainConfig
+    from spin_diffusion.toy.pretrain_flow import FlowPretrainConfig
+
+    return FlowPretrainConfig if family == "sd3" else PretrainConfig
+
+
+def _run_pretrain(cfg, out_dir: Path) -> None:
+    from spin_diffusion.toy.pretrain import pretrain as run_sd
+    from spin_diffusion.toy.pretrain_flow import FlowPretrainConfig, pretrain_flow
+
+    (pretrain_flow if isinstance(cfg, FlowPretrainConfig) else run_sd)(cfg, out_dir)
 
 
 def _load_pretrain_config(path: Path):
     from pydantic import ValidationError
 
     from spin_diffusion.config.base import read_yaml_file
-    from spin_diffusion.toy.pretrain import PretrainConfig
 
     data = read_yaml_file(path) or {}  # JSON is YAML; duplicate keys are refused
+    family = data.get("family", "sd") if isinstance(data, dict) else "sd"
+    if family not in ("sd", "sd3"):
+        raise UserError(f"{path}: field 'family': must be 'sd' or 'sd3', got {family!r}")
     try:
-        return PretrainConfig.model_validate(data)
+        return _pretrain_config_class(family).model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(x) for x in err["loc"])
@@ -165,9 +195,10 @@ def refine_decoder_cmd(
 ) -> None:
     """Run pretraining's stage 3 alone: refine the VAE decoder with the encoder (and UNet) untouched."""
     import torch
-    from diffusers import StableDiffusionPipeline
+    from diffusers import DiffusionPipeline
 
-    from spin_diffusion.toy.pretrain import PretrainConfig, refine_decoder, save_pipeline
+    from spin_diffusion.toy.pretrain import refine_decoder
+    from spin_diffusion.toy.pretrain_io import save_pipeline
 
     summary_path = model_dir / "pretrain_summary.json"
     if not summary_path.is_file():
@@ -175,12 +206,13 @@ def refine_decoder_cmd(
             f"{model_dir}: no pretrain_summary.json (not written by `spin-diffusion toy pretrain`)"
         )
     summary = json.loads(summary_path.read_text())
-    known = set(PretrainConfig.model_fields)
-    cfg = PretrainConfig(**{k: v for k, v in summary["config"].items() if k in known}).model_copy(
+    config_class = _pretrain_config_class(summary["config"].get("family", "sd"))
+    known = set(config_class.model_fields)
+    cfg = config_class(**{k: v for k, v in summary["config"].items() if k in known}).model_copy(
         update={"decoder_steps": steps, "threads": threads}
     )
     torch.set_num_threads(threads)
-    pipe = StableDiffusionPipeline.from_pretrained(model_dir)
+    pipe = DiffusionPipeline.from_pretrained(model_dir)  # either toy family (SD or SD3)
     refine_decoder(pipe.vae, cfg, lambda rec: typer.echo(json.dumps(rec)))
     save_pipeline(pipe, model_dir, {**summary, "decoder_refined": {"steps": steps}})
 
@@ -235,12 +267,11 @@ def _run_study(
 
     from spin_diffusion.config.overrides import apply_overrides
     from spin_diffusion.studies.reproduce import reproduce
+    from spin_diffusion.studies.runs import methods_for_base
     from spin_diffusion.studies.settings import ALL_METHODS, ReproduceConfig
     from spin_diffusion.studies.tables import COMPARISON_TITLE
 
     raw = _read_mapping(config) if config is not None else {}
-    if compare:
-        raw.setdefault("methods", list(ALL_METHODS))
     if seeds is not None:
         try:
             raw["seeds"] = [int(s) for s in seeds.split(",") if s.strip()]
@@ -249,6 +280,8 @@ def _run_study(
     if pairs is not None:
         raw["pairs"] = pairs
     raw = apply_overrides(raw, set_ or [])
+    if compare:  # every method the base's family defines
+        raw.setdefault("methods", methods_for_base(str(raw.get("base", "toy-base")), ALL_METHODS))
     try:
         cfg = ReproduceConfig.model_validate(raw)
     except ValidationError as exc:

@@ -12,5 +12,13 @@ def toy_base_path() -> Path:
     return Path(str(files("spin_diffusion") / "assets" / "toy-base"))
 
 
+def toy_flow_base_path() -> Path:
+    """Directory of the shipped, pretrained flow-matching toy ``StableDiffusion3Pipeline`` (no T5)."""
+    return Path(str(files("spin_diffusion") / "assets" / "toy-flow-base"))
+
+
 #: Names that stand for a model shipped inside the package, so configs work wherever it is installed.
-MODEL_ALIASES: dict[str, Callable[[], Path]] = {"toy-base": toy_base_path}
+MODEL_ALIASES: dict[str, Callable[[], Path]] = {
+    "toy-base": toy_base_path,
+    "toy-flow-base": toy_flow_base_path,
+}

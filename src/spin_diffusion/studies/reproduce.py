@@ -24,7 +24,14 @@ from spin_diffusion.infra.atomic import write_json_atomic, write_text_atomic
 from spin_diffusion.infra.run_layout import RunLayout
 from spin_diffusion.studies.compare_report import plot_comparison, win_matrix_lines
 from spin_diffusion.studies.model_names import ModelName, sft_step
-from spin_diffusion.studies.runs import evaluation_config, examples_seen, models_of, prepare_data, run_configs
+from spin_diffusion.studies.runs import (
+    check_methods,
+    evaluation_config,
+    examples_seen,
+    models_of,
+    prepare_data,
+    run_configs,
+)
 from spin_diffusion.studies.settings import FAMILY, METRICS, ReproduceConfig
 from spin_diffusion.studies.tables import REPRODUCTION_TITLE, across_seeds, render_report
 
@@ -176,6 +183,7 @@ def reproduce(
     """
     from spin_diffusion.toy.datasets import eval_prompts
 
+    check_methods(cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "reproduce.json"
@@ -202,7 +210,7 @@ def _check_compatible(previous: ReproduceConfig, current: ReproduceConfig, out: 
     """Seeds and methods may be added; anything that changes what a finished run means may not."""
     from spin_diffusion.errors import ConfigError
 
-    fixed = ("pairs", "guidance_scale", "sample_steps", "batch_size", "warmup_steps", "spin", "spin_exact", "sft", "dpo",
+    fixed = ("base", "pairs", "guidance_scale", "sample_steps", "batch_size", "warmup_steps", "spin", "spin_exact", "sft", "dpo",
              "family", "eval_prompts", "images_per_prompt", "eval_seed")  # fmt: skip
     changed = [k for k in fixed if getattr(previous, k) != getattr(current, k)]
     if changed:

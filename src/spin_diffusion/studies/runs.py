@@ -10,17 +10,50 @@ from spin_diffusion.studies.model_names import ModelName
 from spin_diffusion.studies.settings import FAMILY, ReproduceConfig
 
 
-def _common(cfg: ReproduceConfig, seed: int, out: Path, name: str, method: str, data: dict) -> dict[str, Any]:
-    from spin_diffusion.toy import base_model_path
+def base_path(cfg: ReproduceConfig) -> str:
+    """The study's base as a directory: a shipped model's alias resolved, a relative path made absolute."""
+    from spin_diffusion.model.loading import resolve_model_source
 
+    source = resolve_model_source(cfg.base)
+    return str(Path(source).resolve()) if Path(source).exists() else source
+
+
+def base_sampler(cfg: ReproduceConfig) -> str:
+    """The base family's default sampler: DPM-Solver++ for the UNet base, the flow pipeline's own
+    flow-matching Euler sampler for the flow base (the families seam says which apply)."""
+    from spin_diffusion.model.families import family_of_directory
+
+    return family_of_directory(Path(base_path(cfg))).samplers[0]
+
+
+def methods_for_base(base: str, methods: list[str]) -> list[str]:
+    """``methods`` less those the base's family refuses (the flow base: spin-exact, inversion-dpo)."""
+    from spin_diffusion.model.families import family_of_directory
+
+    family = family_of_directory(Path(base_path(ReproduceConfig(base=base))))
+    refused = {name for name, _ in family.refused_methods}
+    return [m for m in methods if m not in refused]
+
+
+def check_methods(cfg: ReproduceConfig) -> None:
+    """Refuse, before any work, a method the base's family does not define (the seam's one-line error)."""
+    from spin_diffusion.model.families import family_of_directory
+
+    family = family_of_directory(Path(base_path(cfg)))
+    for method in cfg.methods:
+        family.check_run(method, base_sampler(cfg), None)
+
+
+def _common(cfg: ReproduceConfig, seed: int, out: Path, name: str, method: str, data: dict) -> dict[str, Any]:
     return {
         "name": name,
         "output_dir": str(out),
         "method": method,
         "seed": seed,
-        "model": {"pretrained": str(base_model_path())},
+        "model": {"pretrained": base_path(cfg)},
         "data": data,
         "sampling": {
+            "scheduler": base_sampler(cfg),
             "num_inference_steps": cfg.sample_steps,
             "guidance_scale": cfg.guidance_scale,
             "batch_size": 128,
@@ -98,6 +131,7 @@ def evaluation_config(cfg: ReproduceConfig, prompts_file: Path) -> dict[str, Any
         "n_images_per_prompt": cfg.images_per_prompt,
         "seed": cfg.eval_seed,
         "scorers": [{"kind": "toy_fidelity"}, {"kind": "toy_style"}],
+        "scheduler": base_sampler(cfg),
         "num_inference_steps": cfg.sample_steps,
         "guidance_scale": cfg.guidance_scale,
         "batch_size": 128,
@@ -120,9 +154,7 @@ def prepare_data(cfg: ReproduceConfig, seed: int, seed_dir: Path) -> None:
 
 def models_of(cfg: ReproduceConfig, seed_dir: Path) -> dict[str, dict[str, Any]]:
     """Every model of a seed to judge: name -> evaluation entry (the base plus a run's ``iter-k/model``)."""
-    from spin_diffusion.toy import base_model_path
-
-    base = str(base_model_path())
+    base = base_path(cfg)
     found: dict[ModelName, Path] = {}
     if "sft" in cfg.methods:
         sft = RunLayout(seed_dir / "sft").iteration(1)

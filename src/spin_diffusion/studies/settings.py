@@ -115,6 +115,11 @@ ALL_METHODS: list[str] = [*REPRODUCTION_METHODS, "spin-exact", *FAMILY]
 class ReproduceConfig(_Strict):
     """Everything the study depends on; saved as ``reproduce.json`` in its directory."""
 
+    base: str = Field(
+        "toy-base",
+        description="the pretrained model every run starts from: toy-base (UNet), toy-flow-base (SD3 "
+        "without T5, rectified flow) or a pipeline directory",
+    )
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3], min_length=1)
     pairs: int = Field(2000, ge=16, description="curated (prompt, image) pairs, one image per prompt")
     methods: list[Method] = Field(default_factory=lambda: list(REPRODUCTION_METHODS))

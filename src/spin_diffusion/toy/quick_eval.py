@@ -13,7 +13,7 @@ from PIL import Image
 
 from spin_diffusion.model.loading import load_pipeline
 from spin_diffusion.toy.datasets import eval_prompts
-from spin_diffusion.toy.oracle import set_metrics
+from spin_diffusion.toy.oracle import judge, set_metrics
 from spin_diffusion.toy.render import render
 from spin_diffusion.toy.world import parse_prompt
 
@@ -50,7 +50,18 @@ def evaluate_model(
     pipe.set_progress_bar_config(disable=True)
     prompts = [p for p in eval_prompts(n_prompts, seed) for _ in range(images_per_prompt)]
     images = sample_images(pipe, prompts, seed=seed, guidance=guidance, steps=steps)
-    return set_metrics(images, prompts)
+    return {**set_metrics(images, prompts), **attribute_pass_rates(images, prompts)}
+
+
+def attribute_pass_rates(images: list[Image.Image], prompts: list[str]) -> dict[str, float]:
+    """``pass_<attribute>``: the share of the oracle's checks of that attribute passed (``pass_count``:
+    the right number of objects), over every object the prompts name it for; which attributes a
+    base reads from its prompt, beyond the one fidelity number."""
+    passed: dict[str, list[bool]] = {}
+    for image, prompt in zip(images, prompts, strict=True):
+        for name, ok in judge(image, prompt)["checks"].items():
+            passed.setdefault(name.rsplit(".", 1)[-1], []).append(bool(ok))
+    return {f"pass_{a}": float(np.mean(oks)) for a, oks in sorted(passed.items())}
 
 
 def evaluate_renders(
@@ -60,4 +71,4 @@ def evaluate_renders(
     prompts = [p for p in eval_prompts(n_prompts, seed) for _ in range(images_per_prompt)]
     rng = np.random.default_rng(seed)
     images = [render(parse_prompt(p), size, style, rng) for p in prompts]  # type: ignore[arg-type]
-    return set_metrics(images, prompts)
+    return {**set_metrics(images, prompts), **attribute_pass_rates(images, prompts)}
