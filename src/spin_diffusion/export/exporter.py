@@ -13,15 +13,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
 from spin_diffusion.config.base import read_yaml
 from spin_diffusion.config.run import validate_config
 from spin_diffusion.errors import CheckpointError, ConfigError, UserError
+from spin_diffusion.export.destination import (
+    CONFIG_COPY,
+    LORA_DIR,
+    check_destination,
+    check_replaceable,
+    copy_regular_file,
+    is_regular_file,
+    read_regular_text,
+)
 from spin_diffusion.export.model_card import CardInputs, render_model_card
-from spin_diffusion.infra.atomic import write_text_atomic
+from spin_diffusion.infra.atomic import remove_stale_temporaries, write_text_atomic
 from spin_diffusion.infra.run_layout import RunLayout
 from spin_diffusion.model.families import denoiser_of
 from spin_diffusion.model.loading import load_pipeline, looks_like_local_path
@@ -33,7 +41,6 @@ from spin_diffusion.selfplay.rundir import iteration_done
 log = logging.getLogger(__name__)
 
 DTYPES = ("float32", "float16", "bfloat16")
-LORA_DIR = "lora"
 
 
 def finished_iterations(run_dir: Path, total: int) -> list[int]:
@@ -102,7 +109,7 @@ def export_run(
     run_dir, out = Path(run_dir), Path(out)
     layout = RunLayout(run_dir)
     saved = layout.config
-    if not saved.is_file():
+    if not is_regular_file(saved):
         raise ConfigError(f"{run_dir} is not a run directory (no config.yaml); give runs/NAME")
     cfg = validate_config(read_yaml(saved), str(saved))
     done = finished_iterations(run_dir, len(cfg.iterations))
@@ -113,8 +120,10 @@ def export_run(
         raise ConfigError(f"--iteration {k}: {run_dir} has finished iterations {', '.join(map(str, done))}")
     if dtype not in DTYPES:
         raise ConfigError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
-    if out.exists() and any(out.iterdir() if out.is_dir() else [out]) and not overwrite:
-        raise ConfigError(f"{out} already exists; choose a new directory or pass --overwrite")
+    check_destination(run_dir, out)
+    check_replaceable(out, overwrite)
+    for stale in remove_stale_temporaries(out):
+        log.info("removed %s, left by an export that did not finish", stale)
     if push is not None:
         check_push_possible(push)
 
@@ -135,20 +144,22 @@ def export_run(
         cfg=cfg,
         iteration=k,
         iterations=iterations,
-        evaluation_md=eval_md.read_text() if eval_md.is_file() else None,
-        has_grid=grid.is_file(),
+        evaluation_md=read_regular_text(eval_md),
+        has_grid=is_regular_file(grid),
         lora_file=f"{LORA_DIR}/{lora.name}" if lora else None,
         notes=notes,
     )
 
     def extra(tmp: Path) -> None:
         write_text_atomic(tmp / "README.md", render_model_card(card))
-        shutil.copyfile(saved, tmp / "spin_diffusion_config.yaml")
-        if grid.is_file():
-            shutil.copyfile(grid, tmp / "grid.png")
+        if not copy_regular_file(saved, tmp / CONFIG_COPY):
+            raise ConfigError(f"{saved} is not a regular file; an export copies regular files only")
+        if card.has_grid:
+            copy_regular_file(grid, tmp / "grid.png")
         if lora is not None:
             (tmp / LORA_DIR).mkdir()
-            shutil.copyfile(lora, tmp / LORA_DIR / lora.name)
+            if not copy_regular_file(lora, tmp / LORA_DIR / lora.name):
+                raise ConfigError(f"{lora} is not a regular file; an export copies regular files only")
 
     save_full_pipeline(pipe, unet, out, extra=extra)
     result: dict[str, Any] = {"out": str(out), "iteration": k, "lora": card.lora_file}

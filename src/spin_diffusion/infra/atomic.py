@@ -8,6 +8,7 @@ everywhere relies on this: a file that exists is a finished file.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -69,3 +70,37 @@ def atomic_directory(final: Path) -> Iterator[Path]:
         final.rename(old)
     tmp.rename(final)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temporaries(final: Path) -> list[Path]:
+    """Remove ``.name.tmp-PID`` / ``.name.old-PID`` siblings of ``final`` left by processes that died.
+
+    A killed writer never reaches its cleanup, and a full pipeline's temporary
+    can be gigabytes; a live writer's temporaries are left alone.
+    """
+    final = Path(final)
+    removed = []
+    if not final.parent.is_dir():
+        return removed
+    for kind in ("tmp", "old"):
+        for path in final.parent.glob(f".{glob.escape(final.name)}.{kind}-*"):
+            pid = path.name.rsplit("-", 1)[-1].split(".", 1)[0]
+            if not pid.isdigit() or _pid_alive(int(pid)):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+            removed.append(path)
+    return removed
