@@ -41,6 +41,10 @@ class DataConfig(StrictNumbers):
         default=False, description="Skip and count unusable examples instead of stopping the run."
     )
     max_examples: int | None = Field(default=None, description="Use at most this many usable examples.")
+    allow_external_paths: bool = Field(
+        default=False,
+        description="Read images whose path (a symlink, an absolute path cell) resolves outside the dataset root.",
+    )
     split: str = Field(default="train", description="Split for hf/hf_disk (and imagefolder sub-directory).")
     min_image_size: int | None = Field(
         default=None,

@@ -12,7 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from spin_diffusion.data.problems import (
     MISSING_IMAGE,
@@ -42,7 +42,29 @@ def safe_join(root: Path, name: str, location: str) -> Path:
     return root / norm
 
 
-def _open(cell: Any, base: Path | None, location: str) -> Image.Image:
+EXTERNAL_HINT = "set data.allow_external_paths: true to read images outside the dataset root"
+
+
+def check_inside(path: Path, base: Path | None, location: str, allow_external: bool) -> Path:
+    """``path`` if it resolves (symlinks followed) inside ``base``, or if outside paths are allowed.
+
+    Decided on the resolved path before the file is opened or even looked at,
+    so a refused path says nothing about whether such a file exists.
+    """
+    if allow_external or base is None:
+        return path
+    root = os.path.realpath(base)
+    real = os.path.realpath(path)
+    if real != root and not real.startswith(root.rstrip(os.sep) + os.sep):
+        raise BadExample(
+            PATH_ESCAPE,
+            location,
+            f"image path '{path}' resolves outside the dataset root {base}; {EXTERNAL_HINT}",
+        )
+    return path
+
+
+def _open(cell: Any, base: Path | None, location: str, allow_external: bool = False) -> Image.Image:
     if cell is None:
         raise BadExample(MISSING_IMAGE, location, "image is empty (null)")
     if isinstance(cell, Image.Image):
@@ -52,11 +74,12 @@ def _open(cell: Any, base: Path | None, location: str) -> Image.Image:
         if data:
             return _open(bytes(data), base, location)
         if path:
-            # datasets' Image feature stores absolute paths it resolved itself: accepted as they are.
-            # Relative ones are ours to resolve and must stay inside the dataset root.
+            # datasets' Image feature stores absolute paths it resolved itself; they, like relative
+            # ones (ours to resolve), must lead inside the dataset root unless outside paths are allowed.
             if os.path.isabs(path) or base is None:
-                return _open_path(Path(path), location)
-            return _open_path(safe_join(base, path, location), location)
+                return _open_path(check_inside(Path(path), base, location, allow_external), location)
+            joined = safe_join(base, path, location)
+            return _open_path(check_inside(joined, base, location, allow_external), location)
         raise BadExample(MISSING_IMAGE, location, "image cell has neither bytes nor path")
     if isinstance(cell, (bytes, bytearray, memoryview)):
         if len(cell) == 0:
@@ -67,7 +90,9 @@ def _open(cell: Any, base: Path | None, location: str) -> Image.Image:
             raise BadExample(
                 MISSING_IMAGE, location, f"image path '{cell}' has no dataset root to resolve it"
             )
-        return _open_path(safe_join(base, cell, location), location)
+        return _open_path(
+            check_inside(safe_join(base, cell, location), base, location, allow_external), location
+        )
     raise BadExample(UNREADABLE_IMAGE, location, f"image cell has unsupported type {type(cell).__name__}")
 
 
@@ -94,7 +119,21 @@ def _decode(fh: io.BytesIO, location: str, what: str) -> Image.Image:
         raise BadExample(UNREADABLE_IMAGE, location, f"{what} is not a readable image ({exc})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise BadExample(UNREADABLE_IMAGE, location, f"{what} is corrupt ({exc})") from None
-    return img
+    return upright(img)
+
+
+_ORIENTATION = 0x0112  # the EXIF tag cameras use instead of rotating the pixels
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` rotated/flipped as its EXIF Orientation says (what viewers and ``datasets.Image`` show)."""
+    try:
+        orientation = img.getexif().get(_ORIENTATION, 1)
+    except (OSError, SyntaxError, ValueError):  # unreadable EXIF: the pixels as stored
+        return img
+    if orientation in (None, 1):
+        return img
+    return ImageOps.exif_transpose(img)
 
 
 def to_rgb(img: Image.Image, location: str) -> Image.Image:
@@ -115,9 +154,14 @@ def to_rgb(img: Image.Image, location: str) -> Image.Image:
     )
 
 
-def load_image(cell: Any, base: Path | None, location: str, min_size: int) -> Image.Image:
-    """Decode, convert to RGB and size-check one image cell; raises BadExample on any problem."""
-    img = to_rgb(_open(cell, base, location), location)
+def load_image(
+    cell: Any, base: Path | None, location: str, min_size: int, allow_external: bool = False
+) -> Image.Image:
+    """Decode, convert to RGB and size-check one image cell; raises BadExample on any problem.
+
+    Paths must resolve inside ``base`` (the dataset root) unless ``allow_external``.
+    """
+    img = to_rgb(_open(cell, base, location, allow_external), location)
     w, h = img.size
     if min(w, h) < min_size:
         raise BadExample(TOO_SMALL, location, f"image is {w}x{h}, shorter side below the minimum {min_size}")

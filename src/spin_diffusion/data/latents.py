@@ -43,7 +43,9 @@ from spin_diffusion.infra.shards import (
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # 2: each image's original size and crop are stored (SDXL's add_time_ids)
+# 2: each image's original size and crop are stored (SDXL's add_time_ids)
+# 3: images are turned upright by their EXIF orientation; paths outside the root are refused by default
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 SHARD_PREFIX = "shard-"
 ENCODING = "latent_dist.mode()"
@@ -89,6 +91,7 @@ def _settings(cfg: DataConfig, vae: Any, pairs: bool) -> dict:
         "max_examples": cfg.max_examples,
         "skip_bad_examples": cfg.skip_bad_examples,
         "min_image_size": cfg.effective_min_image_size,
+        "allow_external_paths": cfg.allow_external_paths,
     }
 
 

@@ -96,12 +96,29 @@ def parquet_files(path: str) -> list[Path]:
     return files
 
 
-def _walk_files(path: Path) -> list[Path]:
+def _walk_files(path: Path, allow_external: bool = False) -> list[Path]:
+    """Every file under ``path``, following directory links at most once each.
+
+    A directory link is followed only to a directory not yet visited (so a
+    link loop such as ``d/loop -> .`` ends) and, unless outside paths are
+    allowed, only when it resolves inside ``path`` (a link to ``/`` does not
+    walk the filesystem).
+    """
     if path.is_file():
         return [path]
+    root = os.path.realpath(path)
+    visited = {root}
     out = []
     for dirpath, dirnames, filenames in os.walk(path, followlinks=True):
-        dirnames.sort()
+        keep = []
+        for name in sorted(dirnames):
+            real = os.path.realpath(os.path.join(dirpath, name))
+            inside = real == root or real.startswith(root.rstrip(os.sep) + os.sep)
+            if real in visited or not (inside or allow_external):
+                continue
+            visited.add(real)
+            keep.append(name)
+        dirnames[:] = keep
         out.extend(Path(dirpath) / f for f in sorted(filenames))
     return out
 
@@ -113,7 +130,7 @@ def source_files(cfg: DataConfig) -> list[Path]:
     p = Path(cfg.path)
     if not p.exists():
         raise DataError(f"data.path {cfg.path}: no such file or directory")
-    return _walk_files(p)
+    return _walk_files(p, cfg.allow_external_paths)
 
 
 def source_fingerprint(cfg: DataConfig) -> str:
@@ -122,14 +139,17 @@ def source_fingerprint(cfg: DataConfig) -> str:
     Copying a dataset (new mtimes) therefore invalidates caches built from it;
     that errs on the side of rebuilding rather than reusing stale latents.
     """
-    files = source_files(cfg)
-    root = Path(os.path.commonpath([str(f.resolve()) for f in files]))
+    files = [Path(os.path.abspath(f)) for f in source_files(cfg)]
+    root = Path(os.path.commonpath([str(f) for f in files]))
     if len(files) == 1:
         root = root.parent
     h = hashlib.sha256()
     for f in files:
-        st = f.stat()
-        h.update(f"{f.resolve().relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        try:
+            st = f.stat()
+        except OSError:  # a dangling or looping file link: its own entry, not a crash
+            st = f.lstat()
+        h.update(f"{f.relative_to(root)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
 
@@ -535,12 +555,12 @@ def materialise(rec: Record, cfg: DataConfig) -> Example | PairExample:
     if rec.problem is not None:
         raise rec.problem
     caption = clean_caption(rec.caption, rec.location, cfg.caption_column)
-    min_size = cfg.effective_min_image_size
+    min_size, external = cfg.effective_min_image_size, cfg.allow_external_paths
     if len(rec.images) == 2:
-        win = load_image(rec.images[0], rec.base, f"{rec.location} (preferred image)", min_size)
-        lose = load_image(rec.images[1], rec.base, f"{rec.location} (rejected image)", min_size)
+        win = load_image(rec.images[0], rec.base, f"{rec.location} (preferred image)", min_size, external)
+        lose = load_image(rec.images[1], rec.base, f"{rec.location} (rejected image)", min_size, external)
         return PairExample(rec.id, caption, win, lose)
-    return Example(rec.id, caption, load_image(rec.images[0], rec.base, rec.location, min_size))
+    return Example(rec.id, caption, load_image(rec.images[0], rec.base, rec.location, min_size, external))
 
 
 class DataSource:

@@ -25,6 +25,7 @@ from spin_diffusion.model.families import denoiser_of, family_of
 from spin_diffusion.selfplay.iteration import Opponent, RunContext, run_iteration
 from spin_diffusion.selfplay.opponents import load_iteration_unet
 from spin_diffusion.selfplay.report import write_results
+from spin_diffusion.selfplay.preflight import check_output_outside_data
 from spin_diffusion.selfplay.rundir import (
     check_data_unchanged,
     check_resumable,
@@ -49,11 +50,13 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    from spin_diffusion.data.latents import FORMAT_VERSION as LATENT_CACHE_FORMAT
     from spin_diffusion.data.latents import latent_cache_key
     from spin_diffusion.model.families import prompt_encoder
     from spin_diffusion.model.loading import load_pipeline
     from spin_diffusion.model.lora import check_lora_targets
 
+    check_output_outside_data(cfg)
     check_resumable(cfg)
     accelerator = Accelerator(
         mixed_precision=cfg.training.mixed_precision,
@@ -74,6 +77,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     data_record = {
         "latent_cache_key": latent_cache_key(data_cfg, pipe.vae, pairs=cfg.method in PREFERENCE_METHODS),
         "data_path": str(data_cfg.path),
+        "latent_cache_format": LATENT_CACHE_FORMAT,
     }
     if cfg.model.lora.enabled:
         check_lora_targets(denoiser_of(pipe), cfg.model.lora.target_modules)

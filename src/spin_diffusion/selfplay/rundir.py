@@ -67,13 +67,38 @@ def check_data_unchanged(run_dir: Path, fingerprint: dict[str, Any]) -> None:
     """
     path = RunLayout(run_dir).data_record
     if path.is_file() and has_progress(run_dir):
-        recorded = json.loads(path.read_text())
+        recorded = read_data_record(path)
         if recorded.get("latent_cache_key") != fingerprint.get("latent_cache_key"):
             raise ConfigError(
                 f"the data under data.path changed since {run_dir} started (its images, captions or "
                 "encoding settings differ from the recorded fingerprint in "
-                f"{path}); use a new run name instead of mixing data"
+                f"{path}){format_change_note(recorded, fingerprint)}; use a new run name instead of mixing data"
             )
+
+
+def read_data_record(path: Path) -> dict[str, Any]:
+    """The recorded data fingerprint; a damaged record is one clear error, not a JSON traceback."""
+    try:
+        recorded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        recorded = exc
+    if not isinstance(recorded, dict):
+        raise ConfigError(
+            f"{path} is damaged (not the JSON record of the data {path.parent} started on), so the data "
+            "cannot be checked; restore it, or start a new run name"
+        )
+    return recorded
+
+
+def format_change_note(recorded: dict[str, Any], fingerprint: dict[str, Any]) -> str:
+    """Why the key differs when it is this program's cache format, not the data, that changed."""
+    old, new = recorded.get("latent_cache_format"), fingerprint.get("latent_cache_format")
+    if old == new:
+        return ""
+    return (
+        f"; the latent cache format also changed ({old or 'older'} -> {new}: this version encodes images "
+        "differently, see docs/data.md), so finish this run with the version that started it"
+    )
 
 
 def record_data(run_dir: Path, fingerprint: dict[str, Any]) -> None:

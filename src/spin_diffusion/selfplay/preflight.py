@@ -1,0 +1,30 @@
+"""Start-of-run checks on where things live, made before the run directory is touched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from spin_diffusion.config.run import RunConfig
+from spin_diffusion.errors import ConfigError
+
+_WALKED_SOURCES = ("imagefolder", "hf_disk", "hf")  # sources whose whole directory is fingerprinted
+
+
+def check_output_outside_data(cfg: RunConfig) -> None:
+    """Refuse a run directory inside ``data.path``: its own files would change the data's fingerprint.
+
+    The first run would succeed and every later start would be refused as
+    "the data changed", so the layout is refused before anything is written.
+    """
+    data = cfg.data_config()
+    if data.source not in _WALKED_SOURCES:
+        return
+    data_dir = Path(data.path).resolve()
+    if not data_dir.is_dir():
+        return
+    run_dir = cfg.run_dir.resolve()
+    if run_dir == data_dir or run_dir.is_relative_to(data_dir):
+        raise ConfigError(
+            f"output_dir {cfg.output_dir}: the run directory {cfg.run_dir} lies inside data.path {data.path}, "
+            "so the run's own files would count as changed data; put output_dir outside data.path"
+        )
