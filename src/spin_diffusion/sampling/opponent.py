@@ -294,7 +294,9 @@ def _check_same(saved: dict[str, Any], current: dict[str, Any], out_dir: Path) -
     diff = identity_changes(saved, current)
     if diff:
         raise CheckpointError(
-            f"{out_dir} was sampled with different {', '.join(diff)}; delete it or use a new run name"
+            f"{out_dir} was sampled with different {', '.join(diff)}; delete it together with the "
+            f"iteration's checkpoints ({out_dir.parent / 'checkpoints'}, trained on these samples), "
+            "or use a new run name"
         )
 
 

@@ -24,8 +24,8 @@ from spin_diffusion.infra.run_layout import RunLayout, iteration_name
 from spin_diffusion.model.families import denoiser_of, family_of
 from spin_diffusion.selfplay.iteration import Opponent, RunContext, run_iteration
 from spin_diffusion.selfplay.opponents import load_iteration_unet
+from spin_diffusion.selfplay.preflight import check_output_outside_data, nothing_to_train
 from spin_diffusion.selfplay.report import write_results
-from spin_diffusion.selfplay.preflight import check_output_outside_data
 from spin_diffusion.selfplay.rundir import (
     check_data_unchanged,
     check_resumable,
@@ -91,7 +91,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
 
     with run_lock(cfg.run_dir, enabled=accelerator.is_main_process):
         check_data_unchanged(cfg.run_dir, data_record)  # read-only: every rank stops alike
-        if accelerator.is_main_process:
+        if accelerator.is_main_process and not nothing_to_train(cfg):  # config.yaml says what ran
             write_run_config(cfg)
             record_data(cfg.run_dir, data_record)
         accelerator.wait_for_everyone()

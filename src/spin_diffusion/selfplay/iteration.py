@@ -20,6 +20,7 @@ from spin_diffusion.infra.seeds import iteration_seed
 from spin_diffusion.model.families import set_denoiser
 from spin_diffusion.selfplay.opponents import merged_copy, reference_table, torch_dtype
 from spin_diffusion.selfplay.tracking import PhaseClock, global_step_offset
+from spin_diffusion.selfplay.trained_on import check_and_record, sampler_identity
 from spin_diffusion.selfplay.training_data import training_data
 from spin_diffusion.selfplay.validation_images import ValidationSet, log_validation
 
@@ -87,6 +88,7 @@ def run_iteration(ctx: RunContext, layout: RunLayout, k: int, opponent: Opponent
         "opponent_fingerprint": opponent.fingerprint,
         "model_fingerprint": next_opponent.fingerprint,
         "samples": None if samples is None else str(samples.dir.relative_to(layout.root)),
+        "sampler": None if samples is None else samples.manifest["identity"]["sampler"],
         "world_size": result.world_size,
         "global_batch": result.global_batch,
         "seconds": stage.clock.laps,
@@ -102,6 +104,8 @@ def build_data(ctx: RunContext, stage: _Stage, opponent: Opponent) -> tuple[Any,
     flip = ctx.data_cfg.random_flip
     if cfg.method not in SELF_PLAY_METHODS:
         return training_data(cfg.method, ctx.cache, flip), None
+    sampled_with = sampler_identity(cfg.sampling_for(stage.k), stage.seed, opponent.fingerprint)
+    check_and_record(stage.paths.root, sampled_with, write=accelerator.is_main_process)
     set_denoiser(ctx.pipe, opponent.unet)
     samples = sample_opponent(
         ctx.pipe,

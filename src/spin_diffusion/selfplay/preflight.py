@@ -28,3 +28,14 @@ def check_output_outside_data(cfg: RunConfig) -> None:
             f"output_dir {cfg.output_dir}: the run directory {cfg.run_dir} lies inside data.path {data.path}, "
             "so the run's own files would count as changed data; put output_dir outside data.path"
         )
+
+
+def nothing_to_train(cfg: RunConfig) -> bool:
+    """True when every iteration is finished: the saved config.yaml then stays as the run was trained.
+
+    A no-op start with changed settings (``--set training.learning_rate=...``)
+    must not rewrite the config that ``export`` ships with values that never ran.
+    """
+    return (cfg.run_dir / "config.yaml").is_file() and all(
+        (cfg.run_dir / f"iter-{k}" / "iteration.json").is_file() for k in range(1, len(cfg.iterations) + 1)
+    )

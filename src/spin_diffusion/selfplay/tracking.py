@@ -15,6 +15,7 @@ from spin_diffusion.config.run import RunConfig
 from spin_diffusion.errors import ConfigError
 from spin_diffusion.infra.run_layout import RunLayout
 from spin_diffusion.selfplay.rundir import iteration_done
+from spin_diffusion.selfplay.trained_on import recorded_steps
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,12 @@ class PhaseClock:
 
 
 def global_step_offset(cfg: RunConfig, k: int) -> int:
-    """Optimizer steps of iterations 1..k-1: iteration k's step n is run-wide step offset + n."""
-    return sum(cfg.training_for(j).max_steps for j in range(1, k))
+    """Optimizer steps of iterations 1..k-1: iteration k's step n is run-wide step offset + n.
+
+    A finished iteration counts the steps it ran (recorded in its iteration.json), which exceed
+    its ``max_steps`` when that was lowered below a checkpoint it resumed.
+    """
+    return sum(recorded_steps(cfg.run_dir, j) or cfg.training_for(j).max_steps for j in range(1, k))
 
 
 def tracker_config(cfg: RunConfig) -> dict[str, Any]:

@@ -354,6 +354,7 @@ class Trainer:
         grad_norm = None
         if self.cfg.max_grad_norm is not None:
             grad_norm = self.acc.clip_grad_norm_(self.unet.parameters(), self.cfg.max_grad_norm)
+            self._check_finite_grad_norm(grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -372,6 +373,19 @@ class Trainer:
             raise TrainingDiverged(
                 f"loss became {loss.item()} at step {self.step + 1} ({self.out_dir}){kept}"
             )
+
+    def _check_finite_grad_norm(self, grad_norm: Any) -> None:
+        """Stop before an optimizer step on an infinite or NaN gradient (clipping would zero it silently)."""
+        value = float(grad_norm)
+        if math.isfinite(value):
+            return
+        last = list_checkpoints(self.ckpt_root)
+        kept = f"; last good checkpoint {last[-1][1]} is untouched" if last else ""
+        raise TrainingDiverged(
+            f"gradient norm became {value} at step {self.step + 1} ({self.out_dir}); the loss is too steep "
+            f"to train on: lower beta (training.beta or iterations.N.beta, now {self.cfg.beta:g}) "
+            f"or training.learning_rate{kept}"
+        )
 
     def _step_metrics(self) -> dict[str, float]:
         """Each metric's mean over the step's micro-batches and processes: the whole global batch.
