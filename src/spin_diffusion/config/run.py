@@ -237,7 +237,9 @@ class RunConfig(Strict):
         "trajectory objective eq. 4.8; docs/spin-objectives.md), sft, or a preference method on pairs: "
         "dpo, dmpo, see-dpo, adaptive-dpo, kto, inversion-dpo (docs/methods.md)",
     )
-    seed: int = Field(0, description="seeds sampling noise, timesteps, batches")
+    seed: int = Field(
+        0, ge=0, le=2**32 - 1, description="seeds sampling noise, timesteps, batches (0 to 2**32-1)"
+    )
     model: ModelConfig
     data: DataConfig = Field(..., description="the data source (docs/data.md)")
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)

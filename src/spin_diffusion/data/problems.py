@@ -15,6 +15,7 @@ UNSUPPORTED_MODE = "unsupported_mode"  # e.g. 16-bit or float images
 TOO_SMALL = "too_small"  # shorter side below min_image_size
 MISSING_CAPTION = "missing_caption"  # null / absent caption
 EMPTY_CAPTION = "empty_caption"  # caption is blank
+BAD_CAPTION = "bad_caption"  # caption text that is not valid Unicode (a lone surrogate)
 PATH_ESCAPE = "path_escape"  # file_name points outside the dataset root
 BAD_LABEL = "bad_label"  # Pick-a-Pic labels not in {0, 0.5, 1} or inconsistent
 BAD_METADATA = "bad_metadata"  # unparsable metadata line or missing file_name

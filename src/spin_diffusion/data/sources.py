@@ -27,6 +27,7 @@ from PIL import Image
 from spin_diffusion.config.data import DataConfig
 from spin_diffusion.data.images import load_image
 from spin_diffusion.data.problems import (
+    BAD_CAPTION,
     BAD_LABEL,
     BAD_METADATA,
     EMPTY_CAPTION,
@@ -539,7 +540,10 @@ def clean_caption(value: Any, location: str, column: str) -> str:
     if value is _MISSING or value is None:
         raise BadExample(MISSING_CAPTION, location, f"caption '{column}' is missing")
     if isinstance(value, (list, tuple)):
-        value = next((v for v in value if isinstance(v, str) and v.strip()), "")
+        texts = [v for v in value if isinstance(v, str)]
+        if not texts:
+            raise BadExample(MISSING_CAPTION, location, f"caption '{column}' is a list with no text in it")
+        value = next((v for v in texts if v.strip()), "")
     if not isinstance(value, str):
         raise BadExample(
             MISSING_CAPTION, location, f"caption '{column}' is a {type(value).__name__}, not text"
@@ -547,6 +551,14 @@ def clean_caption(value: Any, location: str, column: str) -> str:
     text = value.strip()
     if not text:
         raise BadExample(EMPTY_CAPTION, location, f"caption '{column}' is empty")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise BadExample(
+            BAD_CAPTION,
+            location,
+            f"caption '{column}' is not valid Unicode text ({exc.reason} at {exc.start})",
+        ) from None
     return text
 
 

@@ -116,9 +116,14 @@ def sample_opponent(
     plan.out_dir.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         settings_path = plan.out_dir / SETTINGS
-        if settings_path.is_file():
-            _check_same(json.loads(settings_path.read_text()), plan.identity, plan.out_dir)
+        saved = _read_record(settings_path, "sampler")
+        if saved is not None:
+            _check_same(saved, plan.identity, plan.out_dir)
         else:
+            if settings_path.is_file():  # damaged: the shards' settings are unknown, so they go too
+                log.warning("%s is damaged; sampling again", settings_path)
+                for shard in plan.out_dir.glob("shard-*.safetensors"):
+                    shard.unlink()
             write_json_atomic(settings_path, plan.identity)
     if barrier is not None:
         barrier()
@@ -166,7 +171,12 @@ def _complete_or_reset(plan: _Plan, rank: int) -> bool:
     """True if ``out_dir`` already holds these samples; otherwise drop a stale manifest (rank 0)."""
     if not (plan.out_dir / MANIFEST).is_file():
         return False
-    done = json.loads((plan.out_dir / MANIFEST).read_text())
+    done = _read_record(plan.out_dir / MANIFEST, "identity")
+    if done is None:  # damaged: sampling is resumable and deterministic, so it costs a resample, not a traceback
+        if rank == 0:
+            log.warning("%s is damaged; sampling again", plan.out_dir / MANIFEST)
+            (plan.out_dir / MANIFEST).unlink(missing_ok=True)
+        return False
     _check_same(done["identity"], plan.identity, plan.out_dir)
     bad = plan.bad_shards(plan.shards)
     if not bad:
@@ -180,6 +190,15 @@ def _complete_or_reset(plan: _Plan, rank: int) -> bool:
         )
         (plan.out_dir / MANIFEST).unlink(missing_ok=True)
     return False
+
+
+def _read_record(path: Path, key: str) -> dict[str, Any] | None:
+    """The JSON object in ``path`` holding ``key``; None when it is absent or damaged."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) and key in data else None
 
 
 def _sample_shards(

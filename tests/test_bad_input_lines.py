@@ -1,0 +1,48 @@
+"""Bad input that used to end in a traceback (or a misleading word) is one line naming the row or field."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from spin_diffusion.config.data import DataConfig
+from spin_diffusion.config.run import validate_config
+from spin_diffusion.data.problems import BAD_CAPTION, MISSING_CAPTION
+from spin_diffusion.data.sources import scan_source
+from spin_diffusion.errors import ConfigError
+from tiny_runs import colour_squares
+
+
+def _captions(tmp_path: Path, captions: list) -> DataConfig:
+    root = colour_squares(tmp_path / "d", ["red"] * len(captions))
+    rows = [json.dumps({"file_name": f"{i}.png", "text": c}) for i, c in enumerate(captions)]
+    (root / "metadata.jsonl").write_text("\n".join(rows) + "\n")
+    return DataConfig(source="imagefolder", path=str(root), resolution=16)
+
+
+def test_a_caption_with_a_lone_surrogate_is_a_bad_caption_with_its_line(tmp_path: Path) -> None:
+    cfg = _captions(tmp_path, ["a red square", "a \ud800 b"])
+    assert '"a \\ud800 b"' in (Path(cfg.path) / "metadata.jsonl").read_text()  # valid JSON, invalid UTF-8
+    stats = scan_source(cfg)
+    assert stats.usable == 1 and stats.problems == {BAD_CAPTION: 1}
+    assert (
+        "metadata.jsonl:2" in stats.shown[BAD_CAPTION][0]
+        and "not valid Unicode" in stats.shown[BAD_CAPTION][0]
+    )
+
+
+def test_a_caption_list_without_text_is_not_called_empty(tmp_path: Path) -> None:
+    stats = scan_source(_captions(tmp_path, [[1, 2], ["", "a red square"]]))
+    assert stats.usable == 1 and stats.problems == {MISSING_CAPTION: 1}
+    assert "list with no text" in stats.shown[MISSING_CAPTION][0]
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_outside_what_the_generators_take_is_refused_by_validation(seed: int) -> None:
+    raw = {"name": "t", "model": {"pretrained": "m"}, "seed": seed,
+           "data": {"source": "imagefolder", "path": "d", "resolution": 16}}  # fmt: skip
+    with pytest.raises(ConfigError, match="seed"):
+        validate_config(raw)
+    validate_config({**raw, "seed": 2**32 - 1})
