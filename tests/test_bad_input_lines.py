@@ -46,3 +46,25 @@ def test_a_seed_outside_what_the_generators_take_is_refused_by_validation(seed: 
     with pytest.raises(ConfigError, match="seed"):
         validate_config(raw)
     validate_config({**raw, "seed": 2**32 - 1})
+
+
+def test_a_run_directory_that_cannot_take_the_lock_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from spin_diffusion.errors import UserError
+    from spin_diffusion.selfplay import rundir
+
+    real_open = os.open
+
+    def read_only(path, flags, *args):
+        if str(path).endswith(rundir.LOCK):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(rundir.os, "open", read_only)  # as a non-root user on a read-only directory
+    with pytest.raises(UserError, match=r"cannot create the lock file .*Permission denied.*writable"):
+        with rundir.run_lock(tmp_path / "run"):
+            pass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -179,12 +179,45 @@ def configure_console() -> None:
         logger.setLevel(logging.INFO)
 
 
+class CtrlCWitness:
+    """Remembers that SIGINT arrived (still raising KeyboardInterrupt), so that the exit can say so."""
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._old: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> CtrlCWitness:
+        import signal
+
+        try:
+            self._old = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: no handler, nothing to witness
+            self._old = None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        import signal
+
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: user errors become one line on stderr and a non-zero exit code."""
     configure_console()
     usage_errors, aborts = _click_exception_types()
+    ctrl_c = CtrlCWitness()
     try:
-        rc = app(args=argv, standalone_mode=False)
+        with ctrl_c:
+            rc = app(args=argv, standalone_mode=False)
+        if rc == 130 and ctrl_c.seen:  # typer turned the KeyboardInterrupt into a bare 130
+            print(
+                "interrupted (Ctrl-C); finished work is kept: run the same command to go on", file=sys.stderr
+            )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

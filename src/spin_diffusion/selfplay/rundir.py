@@ -118,9 +118,15 @@ def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
         return
     import fcntl
 
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = RunLayout(run_dir).lock
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the lock file {path} ({exc.strerror or exc}); the run directory must be "
+            "writable by this user: fix its permissions or choose another output_dir"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
