@@ -65,6 +65,6 @@ def test_a_run_directory_that_cannot_take_the_lock_is_one_line(
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(rundir.os, "open", read_only)  # as a non-root user on a read-only directory
-    with pytest.raises(UserError, match=r"cannot create the lock file .*Permission denied.*writable"):
-        with rundir.run_lock(tmp_path / "run"):
-            pass
+    lock = rundir.run_lock(tmp_path / "run")
+    with pytest.raises(UserError, match=r"cannot create the lock file .*Permission denied.*writable"), lock:
+        pass

@@ -3,7 +3,8 @@
 Generating images takes hours; a model path that points at a run's
 ``iter-k/model`` instead of a pipeline, an iteration that was never trained,
 a missing prompt file or scorer file must stop the job first, with the field
-that names it. These checks look at files only (no weights are loaded), so
+that names it. These checks look at files only (no weights are loaded; a pickled
+weight file is read memory-mapped, the safe way, to refuse one that carries code), so
 ``spin-diffusion evaluate CONFIG --check`` answers in seconds; ``evaluate``
 runs the same checks, then also loads each scorer once before generating.
 """
@@ -22,6 +23,7 @@ from spin_diffusion.infra.run_layout import MODEL, RunLayout, parse_iteration_na
 from spin_diffusion.model.families import FAMILIES
 from spin_diffusion.model.loading import looks_like_local_path, resolve_model_source
 from spin_diffusion.model.lora import LORA_WEIGHT_NAME
+from spin_diffusion.model.weight_files import refuse_pickled_weights
 
 PIPELINE_PARTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 #: Where each family saves its trained network: unet/ (SD, SDXL) or transformer/ (SD3, FLUX, Sana).
@@ -77,6 +79,7 @@ def check_pipeline(source: str, field: str) -> str:
         raise CheckpointError(
             f"{field}: {source} is not a text-to-image pipeline (missing {', '.join(missing)})"
         )
+    refuse_pickled_weights(path, f"{field}:", components=True)
     return f"pipeline {path}"
 
 
@@ -89,8 +92,11 @@ def check_trained(trained: str, field: str) -> str:
     if kind is None:
         for component in DENOISER_DIRS:
             if (path / "model_index.json").is_file() and (path / component).is_dir():
+                refuse_pickled_weights(path / component, f"{field}:")
                 return f"the {component}/ of a full pipeline"
         raise CheckpointError(f"{field}: {trained} holds neither unet/, transformer/ nor {LORA_WEIGHT_NAME}")
+    denoiser = next((path / d for d in DENOISER_DIRS if (path / d).is_dir()), path)
+    refuse_pickled_weights(denoiser, f"{field}:")
     return kind
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.evaluation.scorer_base import refuse_incomplete_load, require_dir
+from spin_diffusion.model.weight_files import refuse_pickled_weights
 
 if TYPE_CHECKING:
     import torch
@@ -45,6 +46,7 @@ def load_clip_model(path: str | Path, what: str, device: str = "cpu") -> CLIPMod
     from transformers import CLIPModel
 
     p = require_dir(path, what, must_hold=("config.json",))
+    refuse_pickled_weights(p, what)
     try:
         model, info = CLIPModel.from_pretrained(str(p), local_files_only=True, output_loading_info=True)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:

@@ -310,9 +310,15 @@ def family_of_directory(path: Path) -> ModelFamily:
     """The family a local pipeline directory declares in ``model_index.json`` (checked before loading)."""
     index = Path(path) / "model_index.json"
     try:
-        class_name = json.loads(index.read_text()).get("_class_name")
+        data = json.loads(index.read_text())
     except (OSError, ValueError) as exc:
         raise CheckpointError(f"{index} is unreadable ({type(exc).__name__})") from None
+    class_name = data.get("_class_name") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(class_name, str):
+        raise CheckpointError(
+            f"{index}: _class_name must be the pipeline class name as text (such as "
+            f'"StableDiffusionPipeline"), found {json.dumps(class_name)[:80]}'
+        )
     return family_for_class(class_name, str(path))
 
 

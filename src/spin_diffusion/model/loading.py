@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import pickle
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from spin_diffusion.model.families import (
 )
 from spin_diffusion.model.lora import LORA_WEIGHT_NAME, load_lora_into
 from spin_diffusion.model.shipped import MODEL_ALIASES
+from spin_diffusion.model.weight_files import is_refused_pickle, refuse_pickled_weights
 
 if TYPE_CHECKING:
     import torch
@@ -78,6 +80,7 @@ def load_pipeline(
             )
         source = str(path)
         family_of_directory(path)  # an unsupported pipeline class is refused before its weights load
+        refuse_pickled_weights(path, "model weights", components=True)
         index = json.loads((path / "model_index.json").read_text())
         if "safety_checker" in index:
             kwargs.update(safety_checker=None, requires_safety_checker=False)
@@ -93,7 +96,12 @@ def load_pipeline(
     try:
         with quiet_loading():
             pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, pickle.UnpicklingError) as exc:
+        if is_refused_pickle(exc):
+            raise CheckpointError(
+                f"{source} holds a pickled weight file that can carry code; it was refused "
+                "(only safetensors weights are loaded)"
+            ) from None
         if source == name and not path.exists():
             raise CheckpointError(
                 f"could not load hub id {name!r} ({type(exc).__name__}); this machine may be offline: "
@@ -140,7 +148,13 @@ def load_unet_into(pipe: DiffusionPipeline, unet_dir: str | os.PathLike[str]) ->
     if not (path / "config.json").is_file():
         raise CheckpointError(f"{path} is not a diffusers UNet directory (no config.json)")
     current = denoiser_of(pipe)
-    unet = type(current).from_pretrained(str(path), torch_dtype=current.dtype)
+    refuse_pickled_weights(path, "fine-tuned weights")
+    try:
+        unet = type(current).from_pretrained(str(path), torch_dtype=current.dtype)
+    except (OSError, ValueError, RuntimeError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(
+            f"could not load the fine-tuned weights in {path}: {str(exc).splitlines()[0]}"
+        ) from None
     check_same_architecture(current, unet, what=str(path))
     set_denoiser(pipe, unet)
 

@@ -172,7 +172,7 @@ def _complete_or_reset(plan: _Plan, rank: int) -> bool:
     if not (plan.out_dir / MANIFEST).is_file():
         return False
     done = _read_record(plan.out_dir / MANIFEST, "identity")
-    if done is None:  # damaged: sampling is resumable and deterministic, so it costs a resample, not a traceback
+    if done is None:  # damaged: sampling is resumable and deterministic, so a resample, not a traceback
         if rank == 0:
             log.warning("%s is damaged; sampling again", plan.out_dir / MANIFEST)
             (plan.out_dir / MANIFEST).unlink(missing_ok=True)
