@@ -68,3 +68,19 @@ def test_a_run_directory_that_cannot_take_the_lock_is_one_line(
     lock = rundir.run_lock(tmp_path / "run")
     with pytest.raises(UserError, match=r"cannot create the lock file .*Permission denied.*writable"), lock:
         pass
+
+
+def test_a_pickapic_file_without_a_label_column_is_told_why_it_was_read_as_parquet(
+    tmp_path: Path, capsys
+) -> None:
+    from spin_diffusion.cli.main import main
+    from spin_diffusion.data.testing import image_bytes, make_image, write_parquet
+
+    path = write_parquet(
+        tmp_path / "pap.parquet",
+        {"caption": ["a"], "jpg_0": [image_bytes(make_image(0), "JPEG")],
+         "jpg_1": [image_bytes(make_image(1), "JPEG")], "label_0": [1.0]},
+    )  # fmt: skip
+    assert main(["data", "check", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "looks like Pick-a-Pic" in err and "no label_1 column" in err, err

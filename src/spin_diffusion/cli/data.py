@@ -11,7 +11,7 @@ from typing import Any
 
 import typer
 
-from spin_diffusion.errors import ConfigError, UserError
+from spin_diffusion.errors import ConfigError, DataError, UserError
 
 app = typer.Typer(help="Inspect and validate training data.", no_args_is_help=True, add_completion=False)
 
@@ -73,6 +73,22 @@ def infer_source(path: str) -> str:
     return "pickapic" if {"jpg_0", "jpg_1", "label_0", "label_1"} <= set(cols) else "parquet"
 
 
+def guess_note(path: str, source: str) -> str:
+    """Why the guessed source was chosen, when a Pick-a-Pic file lacks a label column and so was not one."""
+    from spin_diffusion.data.sources import _parquet_columns, parquet_files
+
+    if source != "parquet":
+        return f"the source was guessed as {source}; pass --source to choose another"
+    cols = set(_parquet_columns(parquet_files(path)[0]))
+    missing = sorted({"label_0", "label_1"} - cols)
+    if {"jpg_0", "jpg_1"} <= cols and missing:
+        return (
+            f"it looks like Pick-a-Pic (jpg_0, jpg_1) but has no {' or '.join(missing)} column, so it was "
+            "read as plain parquet; add the label column(s), or pass --source and --image-column"
+        )
+    return "the source was guessed as parquet; pass --source to choose another"
+
+
 @app.command("check")
 def check(
     target: str = typer.Argument(
@@ -123,6 +139,7 @@ def _check(
     from spin_diffusion.data.sources import scan_source
 
     is_yaml = Path(target).suffix.lower() in (".yaml", ".yml") and Path(target).is_file()
+    guessed = False
     if is_yaml:
         data, dpo = _read_yaml(Path(target))
         pairs = pairs or dpo
@@ -133,6 +150,7 @@ def _check(
             if not Path(target).exists() and not any(ch in target for ch in "*?["):
                 raise ConfigError(f"{target}: no such file, directory or YAML config")
             source = infer_source(target)
+            guessed = True
         prefix = "data"
     overrides = {
         "source": source,
@@ -147,7 +165,12 @@ def _check(
         cfg = DataConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_validation_message(exc, prefix)) from None
-    stats = scan_source(cfg, pairs=pairs)
+    try:
+        stats = scan_source(cfg, pairs=pairs)
+    except DataError as exc:
+        if guessed:
+            raise DataError(f"{exc} ({guess_note(target, source)})") from None
+        raise
     ok = stats.bad == 0 and stats.usable > 0
     if as_json:
         typer.echo(
