@@ -4,7 +4,9 @@ The fixture ``tests/fixtures/old_spin_run`` was written by the main before the s
 (commit 5a163c5): a toy SPIN run (shipped ``toy-base`` with LoRA rank 2, 4 images at 32 px,
 2 iterations of 3 steps, a checkpoint every step, precomputed reference errors), stopped by
 SIGINT after step 2 of iteration 2. It holds all three shard stores in their old format:
-``real_latents/``, ``iter-k/samples/`` and ``iter-k/reference_errors/``. Made with::
+``real_latents/``, ``iter-k/samples/`` and ``iter-k/reference_errors/``. The real-latent cache is
+rebuilt on resume (cache format 3 turns images upright by their EXIF orientation), the other two
+are read as they are. Made with::
 
     mkdir old_spin_run && cd old_spin_run
     PYTHONPATH=/work/base-snap/src OMP_NUM_THREADS=1 python ../make_old_spin_run.py   # exit 130
@@ -29,8 +31,7 @@ from safetensors.torch import load_file
 from spin_diffusion.cli.main import main
 
 FIXTURE = Path(__file__).parent / "fixtures" / "old_spin_run"
-STORES = [
-    "real_latents/shard-00000.safetensors",
+STORES = [  # real_latents/ is not among them: latent cache format 3 (EXIF orientation) rebuilds it
     "iter-1/samples/shard-00000.safetensors",
     "iter-2/samples/shard-00001.safetensors",
     "iter-2/reference_errors/chunk-00000.safetensors",
@@ -62,6 +63,8 @@ def test_an_old_run_interrupted_in_iteration_2_resumes_to_the_uninterrupted_weig
 
     # the old stores were read as they were, not rebuilt (an atomic rewrite would change the inode)
     assert {p: (run / p).stat().st_ino for p in STORES} == inodes
+    cache = json.loads((run / "real_latents" / "manifest.json").read_text())
+    assert cache["settings"]["format"] == 3  # rebuilt under the new format; the data record still matched
     steps = [
         json.loads(line)["step"] for line in (run / "iter-2" / "train_log.jsonl").read_text().splitlines()
     ]

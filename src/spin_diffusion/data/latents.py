@@ -99,6 +99,19 @@ def _key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
+def previous_format_key(cfg: DataConfig, vae: Any, pairs: bool = False) -> str | None:
+    """The key format 2 gave the same data and settings (None if format 2 could not express them).
+
+    A run started under format 2 may resume: its cache is rebuilt under format 3
+    (identical latents unless an image carries an EXIF orientation).
+    """
+    if cfg.allow_external_paths:
+        return None
+    settings = _settings(cfg, vae, pairs)
+    del settings["allow_external_paths"]
+    return _key({**settings, "format": 2})
+
+
 def latent_cache_key(cfg: DataConfig, vae: Any, pairs: bool = False) -> str:
     """The fingerprint of the cache ``cfg`` and ``vae`` would give, without building it.
 

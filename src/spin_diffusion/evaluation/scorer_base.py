@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from spin_diffusion.errors import CheckpointError
-from spin_diffusion.model.weight_files import is_refused_pickle, refusal
+from spin_diffusion.model.weight_files import is_refused_pickle, refusal, unpickling_reason
 
 if TYPE_CHECKING:
     import torch
@@ -134,8 +134,9 @@ def load_torch_state(path: Path, what: str) -> dict[str, torch.Tensor]:
     except Exception as exc:  # corrupt file, pickle with code, wrong format
         if is_refused_pickle(exc):
             raise refusal(path, what) from None
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{what} {path} could not be read as weights: {first[:200]}") from exc
+        raise CheckpointError(
+            f"{what} {path} could not be read as weights: {unpickling_reason(exc)}"
+        ) from exc
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

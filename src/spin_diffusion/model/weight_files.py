@@ -61,4 +61,16 @@ def refuse_pickled_weights(directory: Path, what: str, *, components: bool = Fal
 
 def is_refused_pickle(exc: BaseException) -> bool:
     """True for the error torch raises when ``weights_only`` loading meets a pickle with code in it."""
-    return "Weights only load failed" in str(exc)  # not any UnpicklingError: garbage raises one too
+    text = str(exc)
+    # torch words every weights_only failure alike; a pickle with code names the global it wanted
+    return "Weights only load failed" in text and "global" in text.lower()
+
+
+def unpickling_reason(exc: BaseException) -> str:
+    """The reason torch gives after its advice (for files that are simply not tensor pickles)."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        reason = text.split("WeightsUnpickler error:", 1)[1].strip().splitlines()[0].strip()
+        return f"not a tensor file ({reason or 'unreadable pickle'})"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:200]

@@ -51,7 +51,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from spin_diffusion.data.latents import FORMAT_VERSION as LATENT_CACHE_FORMAT
-    from spin_diffusion.data.latents import latent_cache_key
+    from spin_diffusion.data.latents import latent_cache_key, previous_format_key
     from spin_diffusion.model.families import prompt_encoder
     from spin_diffusion.model.loading import load_pipeline
     from spin_diffusion.model.lora import check_lora_targets
@@ -79,6 +79,9 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         "data_path": str(data_cfg.path),
         "latent_cache_format": LATENT_CACHE_FORMAT,
     }
+    earlier_format = tuple(
+        filter(None, [previous_format_key(data_cfg, pipe.vae, cfg.method in PREFERENCE_METHODS)])
+    )
     if cfg.model.lora.enabled:
         check_lora_targets(denoiser_of(pipe), cfg.model.lora.target_modules)
     eval_cfg = cfg.evaluation
@@ -90,7 +93,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         check_scorers(eval_cfg)
 
     with run_lock(cfg.run_dir, enabled=accelerator.is_main_process):
-        check_data_unchanged(cfg.run_dir, data_record)  # read-only: every rank stops alike
+        check_data_unchanged(cfg.run_dir, data_record, earlier_format)  # read-only: every rank stops alike
         if accelerator.is_main_process and not nothing_to_train(cfg):  # config.yaml says what ran
             write_run_config(cfg)
             record_data(cfg.run_dir, data_record)

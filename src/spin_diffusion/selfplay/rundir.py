@@ -59,16 +59,19 @@ def write_run_config(cfg: RunConfig) -> Path:
     return cfg.run_dir
 
 
-def check_data_unchanged(run_dir: Path, fingerprint: dict[str, Any]) -> None:
+def check_data_unchanged(
+    run_dir: Path, fingerprint: dict[str, Any], also_accept: tuple[str, ...] = ()
+) -> None:
     """Refuse to continue a started run on data whose content differs from what it started on.
 
     ``fingerprint`` identifies the real-latent cache (source files, VAE,
-    transforms). A run with no progress yet simply records the new one.
+    transforms); ``also_accept`` are keys the same data had under an earlier
+    cache format. A run with no progress yet simply records the new one.
     """
     path = RunLayout(run_dir).data_record
     if path.is_file() and has_progress(run_dir):
         recorded = read_data_record(path)
-        if recorded.get("latent_cache_key") != fingerprint.get("latent_cache_key"):
+        if recorded.get("latent_cache_key") not in (fingerprint.get("latent_cache_key"), *also_accept):
             raise ConfigError(
                 f"the data under data.path changed since {run_dir} started (its images, captions or "
                 "encoding settings differ from the recorded fingerprint in "
