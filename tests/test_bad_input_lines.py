@@ -55,16 +55,17 @@ def test_a_run_directory_that_cannot_take_the_lock_is_one_line(
     import os
 
     from spin_diffusion.errors import UserError
+    from spin_diffusion.infra import dirlock
     from spin_diffusion.selfplay import rundir
 
     real_open = os.open
 
     def read_only(path, flags, *args):
-        if str(path).endswith(rundir.LOCK):
+        if str(path).endswith(dirlock.LOCK):
             raise PermissionError(errno.EACCES, "Permission denied", str(path))
         return real_open(path, flags, *args)
 
-    monkeypatch.setattr(rundir.os, "open", read_only)  # as a non-root user on a read-only directory
+    monkeypatch.setattr(dirlock.os, "open", read_only)  # as a non-root user on a read-only directory
     lock = rundir.run_lock(tmp_path / "run")
     with pytest.raises(UserError, match=r"cannot create the lock file .*Permission denied.*writable"), lock:
         pass

@@ -47,8 +47,9 @@ def test_a_pickled_text_encoder_is_one_line(tiny_pipeline_dir: Path, tmp_path: P
 def test_a_pickled_trained_unet_fails_evaluate_check_and_export(
     tiny_pipeline_dir: Path, tmp_path: Path
 ) -> None:
-    from spin_diffusion.evaluation.checks import check_trained
     from spin_diffusion.model.pipelines import load_pipeline
+
+    from spin_diffusion.evaluation.checks import check_trained
 
     model_dir = tmp_path / "iter-1" / "model"
     shutil.copytree(tiny_pipeline_dir / "unet", model_dir / "unet")
@@ -62,7 +63,6 @@ def test_a_pickled_trained_unet_fails_evaluate_check_and_export(
 
 def test_plain_tensor_pickles_still_load(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
-
     from spin_diffusion.model.pipelines import load_pipeline
 
     unet = tmp_path / "unet"

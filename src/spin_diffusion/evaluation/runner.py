@@ -32,6 +32,7 @@ from spin_diffusion.evaluation.store import (
     prompt_id,
 )
 from spin_diffusion.infra.atomic import atomic_file, save_image_atomic, write_json_atomic, write_text_atomic
+from spin_diffusion.infra.dirlock import directory_lock
 from spin_diffusion.infra.seeds import sample_seed
 from spin_diffusion.model import loading
 from spin_diffusion.sampling import generate
@@ -274,7 +275,16 @@ def evaluate_models(
     if baseline not in entries:
         raise ConfigError(f"baseline {baseline!r} is not one of the models ({', '.join(names)})")
     _, prompts = check_evaluation(models, entries, cfg)  # the checks of `evaluate --check`
-    store = EvalStore(Path(out_dir))
+    with directory_lock(Path(out_dir), "evaluation", "choose another output directory"):
+        return _evaluate_locked(entries, cfg, EvalStore(Path(out_dir)), prompts, baseline)
+
+
+def _evaluate_locked(
+    entries: dict[str, ModelEntry], cfg: EvaluationConfig, store: EvalStore, prompts: list[str], baseline: str
+) -> dict[str, Any]:
+    """Images, scores and the report, with the output directory locked against a second evaluation."""
+
+    names = list(entries)
     device = resolve_device(cfg.device)
     if _images_missing(store, names, prompts, cfg):
         check_scorers(cfg)  # before any generation; a rerun with every image present skips it

@@ -8,22 +8,17 @@ refused start leaves the directory exactly as it was.
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from spin_diffusion.config.base import read_yaml
 from spin_diffusion.config.run import RunConfig, dump_config, identity_changes, validate_config
-from spin_diffusion.errors import ConfigError, UserError
+from spin_diffusion.errors import ConfigError
 from spin_diffusion.infra.atomic import write_json_atomic, write_text_atomic
+from spin_diffusion.infra.dirlock import directory_lock
 from spin_diffusion.infra.run_layout import RunLayout
-
-
-class RunDirectoryBusy(UserError):
-    """Another process is training into the same run directory."""
 
 
 def iteration_done(run_dir: Path, k: int) -> bool:
@@ -110,39 +105,12 @@ def record_data(run_dir: Path, fingerprint: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def run_lock(run_dir: Path, enabled: bool = True) -> Iterator[None]:
-    """An exclusive advisory lock on ``run_dir/.lock`` for the whole run.
+    """An exclusive advisory lock on ``run_dir/.lock`` for the whole run (see ``infra.dirlock``).
 
-    ``flock`` is released by the kernel when its holder dies, so a lock file
-    left by a killed process never blocks a restart: only a live holder does.
     Only the main process of a multi-process launch takes it.
     """
     if not enabled:
         yield
         return
-    import fcntl
-
-    path = RunLayout(run_dir).lock
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise UserError(
-            f"cannot create the lock file {path} ({exc.strerror or exc}); the run directory must be "
-            "writable by this user: fix its permissions or choose another output_dir"
-        ) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise RunDirectoryBusy(
-                f"{run_dir} is in use by another training process (pid {holder}); "
-                "wait for it to finish or stop it, then run the command again"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with directory_lock(run_dir, "training process", "choose another output_dir"):
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock

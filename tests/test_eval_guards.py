@@ -1,0 +1,52 @@
+"""`evaluate`: one evaluation at a time per output folder, and a repeated prompt counted once."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spin_diffusion.config.evaluation import EvaluationConfig
+from spin_diffusion.evaluation.runner import evaluate_models
+from spin_diffusion.infra.dirlock import DirectoryBusy
+
+
+def _cfg(prompts: list[str]) -> EvaluationConfig:
+    return EvaluationConfig.model_validate(
+        {"prompts": prompts, "n_images_per_prompt": 1, "num_inference_steps": 2,
+         "scorers": [{"kind": "toy_fidelity"}], "grid_prompts": 1}
+    )  # fmt: skip
+
+
+def test_a_second_evaluation_of_one_folder_is_refused_naming_the_first(
+    tmp_path: Path, tiny_pipeline_dir: Path
+) -> None:
+    out = tmp_path / "eval"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); os.write(fd, str(os.getpid()).encode()); print('locked', flush=True); "
+         "time.sleep(120)", str(out / ".lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DirectoryBusy, match=rf"in use by another evaluation \(pid {holder.pid}\)"):
+            evaluate_models({"base": str(tiny_pipeline_dir)}, _cfg(["a red circle"]), out)
+        assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing generated
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_repeated_prompt_is_scored_once(tmp_path: Path, tiny_pipeline_dir: Path) -> None:
+    prompts = ["a red circle", "a blue square", "a red circle"]
+    evaluate_models({"base": str(tiny_pipeline_dir)}, _cfg(prompts), tmp_path / "eval")
+    listed = json.loads((tmp_path / "eval" / "prompts.json").read_text())
+    assert [p["prompt"] for p in listed] == ["a red circle", "a blue square"]
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "scores.jsonl").read_text().splitlines()]
+    assert len(rows) == 2  # one image of each distinct prompt, one scorer
