@@ -25,6 +25,7 @@ from spin_diffusion.config.methods import (
     SeeDpoConfig,
 )
 from spin_diffusion.config.overrides import apply_overrides
+from spin_diffusion.config.path_identity import path_insensitive, same_location
 from spin_diffusion.errors import ConfigError
 
 Method = Literal[
@@ -360,4 +361,7 @@ def _lookup(data: dict[str, Any], dotted: str) -> Any:
 def identity_changes(saved: RunConfig, current: RunConfig) -> list[str]:
     """The identity keys whose values differ between a saved run and the current config."""
     a, b = saved.model_dump(mode="json"), current.model_dump(mode="json")
+    b["data"] = path_insensitive(a["data"], b["data"])  # paths compared by where they lead
+    if same_location(a["model"]["pretrained"], b["model"]["pretrained"]):
+        b["model"]["pretrained"] = a["model"]["pretrained"]
     return [k for k in IDENTITY_KEYS if _lookup(a, k) != _lookup(b, k)]

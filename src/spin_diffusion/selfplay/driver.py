@@ -35,6 +35,7 @@ from spin_diffusion.selfplay.rundir import (
     write_run_config,
 )
 from spin_diffusion.selfplay.tracking import PhaseClock, log_startup_summary, tracker_config, trackers
+from spin_diffusion.selfplay.trained_on import check_same_base
 from spin_diffusion.selfplay.validation_images import ValidationSet, validation_prompts
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     prompts = prompt_encoder(pipe)  # the model family, resolved once from the pipeline's class
     family = family_of(pipe)
     family.check_run(cfg.method, cfg.sampling.scheduler, cfg.training.snr_gamma)
+    check_same_base(cfg.run_dir, denoiser_of(pipe), cfg.model.pretrained)  # before anything is written
     data_cfg = cfg.data
     if cfg.method == "spin":
         family.sample_at(pipe, data_cfg.resolution)  # a real/generated pair must have one latent shape

@@ -16,7 +16,7 @@ def check_output_outside_data(cfg: RunConfig) -> None:
     The first run would succeed and every later start would be refused as
     "the data changed", so the layout is refused before anything is written.
     """
-    data = cfg.data_config()
+    data = cfg.data
     if data.source not in _WALKED_SOURCES:
         return
     data_dir = Path(data.path).resolve()

@@ -1,4 +1,4 @@
-"""Which opponent samples an iteration's checkpoints were trained on.
+"""What an iteration was trained on: its opponent samples, its steps, its base model.
 
 The samples of an iteration can be deleted and made again (the error for
 changed sampling settings says so). Checkpoints trained on the old samples
@@ -62,3 +62,24 @@ def recorded_steps(run_dir: Path, k: int) -> int | None:
     summary = _read(run_dir / f"iter-{k}" / "iteration.json")
     steps = None if summary is None else summary.get("steps")
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+
+def check_same_base(run_dir: Path, base_unet: Any, pretrained: str) -> None:
+    """Refuse to continue a run on another base model than iteration 1 started from.
+
+    Run identity compares model paths by where they lead (a moved checkout
+    resumes); the weights decide whether it is the same model.
+    """
+    from spin_diffusion.model.pipelines import fingerprint_module
+
+    summary = _read(run_dir / "iter-1" / "iteration.json")
+    recorded = None if summary is None else summary.get("opponent_fingerprint")
+    if recorded is None:
+        return
+    base_fingerprint = fingerprint_module(base_unet)  # hashed only when there is a record to compare
+    if recorded != base_fingerprint:
+        raise CheckpointError(
+            f"model.pretrained {pretrained} holds other weights than the base {run_dir} was trained from "
+            f"(fingerprint {base_fingerprint[:12]}, recorded {str(recorded)[:12]} in iter-1/iteration.json); "
+            "point it at the original base model, or use a new run name"
+        )
