@@ -50,3 +50,31 @@ def test_a_repeated_prompt_is_scored_once(tmp_path: Path, tiny_pipeline_dir: Pat
     assert [p["prompt"] for p in listed] == ["a red circle", "a blue square"]
     rows = [json.loads(line) for line in (tmp_path / "eval" / "scores.jsonl").read_text().splitlines()]
     assert len(rows) == 2  # one image of each distinct prompt, one scorer
+
+
+def test_a_model_retrained_in_place_does_not_reuse_the_old_images(
+    tmp_path: Path, tiny_pipeline_dir: Path
+) -> None:
+    import shutil
+
+    from spin_diffusion.errors import CheckpointError
+
+    trained = tmp_path / "model" / "unet"
+    shutil.copytree(tiny_pipeline_dir / "unet", trained)
+    models = {"tuned": {"path": str(tiny_pipeline_dir), "trained": str(trained.parent)}}
+    evaluate_models(models, _cfg(["a red circle"]), tmp_path / "eval")
+    evaluate_models(models, _cfg(["a red circle"]), tmp_path / "eval")  # unchanged: reused
+    weights = trained / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(weights.read_bytes())  # "retrained": the same path, a new file
+    with pytest.raises(CheckpointError, match="holds images made differently.*weights"):
+        evaluate_models(models, _cfg(["a red circle"]), tmp_path / "eval")
+
+
+def test_an_older_model_record_without_a_weights_stamp_is_kept_and_completed(tmp_path: Path) -> None:
+    from spin_diffusion.evaluation.store import EvalStore
+
+    store = EvalStore(tmp_path)
+    (store.model_dir("m")).mkdir(parents=True)
+    (store.model_dir("m") / "model.json").write_text(json.dumps({"path": "p", "trained": None}))
+    store.check_model("m", {"path": "p", "trained": None, "weights": "abc"})
+    assert json.loads((store.model_dir("m") / "model.json").read_text())["weights"] == "abc"

@@ -30,6 +30,7 @@ from spin_diffusion.evaluation.store import (
     file_hash,
     open_image,
     prompt_id,
+    weights_stamp,
 )
 from spin_diffusion.infra.atomic import atomic_file, save_image_atomic, write_json_atomic, write_text_atomic
 from spin_diffusion.infra.dirlock import directory_lock
@@ -99,7 +100,12 @@ def _model_record(entry: ModelEntry, cfg: EvaluationConfig) -> dict[str, Any]:
         path = Path(p).expanduser()
         return str(path.resolve()) if path.exists() else p
 
-    return {"path": norm(entry.path), "trained": norm(entry.trained), **cfg.sampling_fingerprint()}
+    return {
+        "path": norm(entry.path),
+        "trained": norm(entry.trained),
+        "weights": weights_stamp(entry.path, entry.trained),  # retrained in place: other weights
+        **cfg.sampling_fingerprint(),
+    }
 
 
 def ensure_images(

@@ -45,6 +45,34 @@ def file_hash(path: Path) -> str:
     return hashlib.blake2b(path.read_bytes(), digest_size=8).hexdigest()
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+LATER_KEYS = ("weights",)  # record keys older model.json files lack: added, not a difference
+
+
+def weights_stamp(*paths: str | None) -> str | None:
+    """A cheap stamp of the weight files under local ``paths`` (relative name, size, mtime).
+
+    A model retrained in place writes new files, so its stamp changes and its
+    cached images are not taken for the new model's. Hub ids (not local) give None.
+    """
+    h = hashlib.blake2b(digest_size=8)
+    found = False
+    for p in paths:
+        root = Path(p).expanduser() if p else None
+        if root is None or not root.exists():
+            continue
+        files = (
+            [root] if root.is_file() else sorted(f for f in root.rglob("*") if f.suffix in WEIGHT_SUFFIXES)
+        )
+        for f in files:
+            st = f.stat()
+            h.update(
+                f"{f.relative_to(root) if f != root else f.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode()
+            )
+            found = True
+    return h.hexdigest() if found else None
+
+
 @dataclass(frozen=True)
 class ScoreKey:
     model: str
@@ -77,14 +105,19 @@ class EvalStore:
                 saved = json.loads(path.read_text())
             except json.JSONDecodeError as exc:
                 raise CheckpointError(f"{path} is not valid JSON; delete it to regenerate") from exc
-            changed = [k for k in sorted(set(saved) | set(record)) if saved.get(k) != record.get(k)]
+            changed = [
+                k
+                for k in sorted(set(saved) | set(record))
+                if saved.get(k) != record.get(k) and not (k in LATER_KEYS and k not in saved)
+            ]
             if changed:
                 what = ", ".join(f"{k} {saved.get(k)!r} -> {record.get(k)!r}" for k in changed)
                 raise CheckpointError(
                     f"{self.model_dir(model)} holds images made differently ({what}); "
                     "delete that folder or use another output_dir"
                 )
-            return
+            if saved == record:
+                return
         write_json_atomic(path, record)
 
     # ---------------------------------------------------------------- scores
