@@ -63,3 +63,29 @@ def test_a_different_base_model_under_a_moved_path_is_refused_by_its_weights(
         check_same_base(tmp_path, load_pipeline(tiny_vpred_dir).unet, "moved/pipeline")
     shutil.rmtree(tmp_path / "iter-1")
     check_same_base(tmp_path, base, "x")  # nothing recorded yet: nothing to compare
+
+
+def test_a_copied_data_set_resumes_and_a_changed_pixel_is_still_refused(
+    tmp_path: Path, tiny_pipeline_dir: Path, capsys
+) -> None:
+    data = colour_squares(tmp_path / "d", ["red", "blue"])
+    iterations = [{"beta": 2000}, {"beta": 2000}]
+    one = tiny_spin_config(tmp_path, tiny_pipeline_dir, data, training=TRAINING, iterations=iterations[:1])
+    assert main(["train", str(one)]) == 0
+    shutil.copytree(data, tmp_path / "copy", copy_function=shutil.copyfile)  # new mtimes, same bytes
+    shutil.rmtree(data)
+    (tmp_path / "copy").rename(data)
+    two = tiny_spin_config(tmp_path, tiny_pipeline_dir, data, training=TRAINING, iterations=iterations)
+    assert main(["train", str(two)]) == 0, capsys.readouterr().err  # was: "the data under data.path changed"
+
+    from PIL import Image
+
+    img = Image.open(data / "0.png").convert("RGB")
+    img.putpixel((0, 0), (0, 0, 0))
+    img.save(data / "0.png")
+    three = tiny_spin_config(
+        tmp_path, tiny_pipeline_dir, data, training=TRAINING, iterations=[*iterations, {}]
+    )
+    capsys.readouterr()
+    assert main(["train", str(three)]) == 2
+    assert "data under data.path changed" in capsys.readouterr().err

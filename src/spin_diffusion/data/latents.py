@@ -99,6 +99,16 @@ def _key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
+def content_cache_key(cfg: DataConfig, vae: Any, pairs: bool = False) -> str | None:
+    """The cache key with the data's content in place of its names, sizes and mtimes (small data only)."""
+    from spin_diffusion.data.content import content_fingerprint
+
+    content = content_fingerprint(cfg)
+    if content is None:
+        return None
+    return _key({**_settings(cfg, vae, pairs), "source_fingerprint": content})
+
+
 def previous_format_key(cfg: DataConfig, vae: Any, pairs: bool = False) -> str | None:
     """The key format 2 gave the same data and settings (None if format 2 could not express them).
 

@@ -52,7 +52,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     from accelerate.utils import set_seed
 
     from spin_diffusion.data.latents import FORMAT_VERSION as LATENT_CACHE_FORMAT
-    from spin_diffusion.data.latents import latent_cache_key, previous_format_key
+    from spin_diffusion.data.latents import content_cache_key, latent_cache_key, previous_format_key
     from spin_diffusion.model.families import prompt_encoder
     from spin_diffusion.model.loading import load_pipeline
     from spin_diffusion.model.lora import check_lora_targets
@@ -80,6 +80,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
         "latent_cache_key": latent_cache_key(data_cfg, pipe.vae, pairs=cfg.method in PREFERENCE_METHODS),
         "data_path": str(data_cfg.path),
         "latent_cache_format": LATENT_CACHE_FORMAT,
+        "content_key": content_cache_key(data_cfg, pipe.vae, pairs=cfg.method in PREFERENCE_METHODS),
     }
     earlier_format = tuple(
         filter(None, [previous_format_key(data_cfg, pipe.vae, cfg.method in PREFERENCE_METHODS)])

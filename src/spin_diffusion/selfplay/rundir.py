@@ -61,12 +61,16 @@ def check_data_unchanged(
 
     ``fingerprint`` identifies the real-latent cache (source files, VAE,
     transforms); ``also_accept`` are keys the same data had under an earlier
-    cache format. A run with no progress yet simply records the new one.
+    cache format. A small data set's ``content_key`` (its bytes, not its mtimes)
+    also matches a copy of it. A run with no progress yet simply records the new one.
     """
     path = RunLayout(run_dir).data_record
     if path.is_file() and has_progress(run_dir):
         recorded = read_data_record(path)
-        if recorded.get("latent_cache_key") not in (fingerprint.get("latent_cache_key"), *also_accept):
+        content = recorded.get("content_key")
+        same_content = content is not None and content == fingerprint.get("content_key")  # a copy: new mtimes
+        same_files = recorded.get("latent_cache_key") in (fingerprint.get("latent_cache_key"), *also_accept)
+        if not (same_files or same_content):
             raise ConfigError(
                 f"the data under data.path changed since {run_dir} started (its images, captions or "
                 "encoding settings differ from the recorded fingerprint in "
