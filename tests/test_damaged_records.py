@@ -11,8 +11,10 @@ from spin_diffusion.model.pipelines import load_pipeline
 
 from spin_diffusion.config.run import SamplingConfig
 from spin_diffusion.errors import ConfigError
+from spin_diffusion.infra.run_layout import RunLayout
+from spin_diffusion.model.pipelines import load_pipeline
 from spin_diffusion.sampling.opponent import sample_opponent
-from spin_diffusion.selfplay.rundir import DATA_RECORD, check_data_unchanged
+from spin_diffusion.selfplay.rundir import check_data_unchanged
 
 PROMPTS = ["a red circle", "a blue square", "a red square"]
 IDS = [f"p{i}" for i in range(len(PROMPTS))]
@@ -56,6 +58,6 @@ def test_a_damaged_opponent_record_is_sampled_again(
 def test_a_damaged_data_record_is_one_line(tmp_path: Path, damage: str) -> None:
     (tmp_path / "iter-1").mkdir()
     (tmp_path / "iter-1" / "checkpoints").mkdir()  # the run has progress, so the record matters
-    (tmp_path / DATA_RECORD).write_text(damage)
+    RunLayout(tmp_path).data_record.write_text(damage)
     with pytest.raises(ConfigError, match=r"data.json is damaged"):
         check_data_unchanged(tmp_path, {"latent_cache_key": "k"})

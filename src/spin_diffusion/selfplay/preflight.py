@@ -6,6 +6,7 @@ from pathlib import Path
 
 from spin_diffusion.config.run import RunConfig
 from spin_diffusion.errors import ConfigError
+from spin_diffusion.infra.run_layout import RunLayout
 
 _WALKED_SOURCES = ("imagefolder", "hf_disk", "hf")  # sources whose whole directory is fingerprinted
 
@@ -36,6 +37,7 @@ def nothing_to_train(cfg: RunConfig) -> bool:
     A no-op start with changed settings (``--set training.learning_rate=...``)
     must not rewrite the config that ``export`` ships with values that never ran.
     """
-    return (cfg.run_dir / "config.yaml").is_file() and all(
-        (cfg.run_dir / f"iter-{k}" / "iteration.json").is_file() for k in range(1, len(cfg.iterations) + 1)
+    layout = RunLayout(cfg.run_dir)
+    return layout.config.is_file() and all(
+        layout.iteration(k).done.is_file() for k in range(1, len(cfg.iterations) + 1)
     )

@@ -16,6 +16,7 @@ from typing import Any
 from spin_diffusion.config.run import SamplingConfig
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.infra.atomic import write_json_atomic
+from spin_diffusion.infra.run_layout import CHECKPOINTS, RunLayout
 from spin_diffusion.training.checkpoints import list_checkpoints
 
 RECORD = "trained_on_samples.json"
@@ -41,16 +42,16 @@ def _read(path: Path) -> dict[str, Any] | None:
 def check_and_record(iter_dir: Path, identity: dict[str, Any], write: bool) -> None:
     """Refuse to resume checkpoints made on other samples; record ``identity`` for this iteration's training."""
     path = iter_dir / RECORD
-    checkpoints = list_checkpoints(iter_dir / "checkpoints")
+    checkpoints = list_checkpoints(iter_dir / CHECKPOINTS)
     recorded = _read(path) if path.is_file() else None
     if checkpoints and recorded is not None and recorded != identity:
         changed = sorted(k for k in set(recorded["sampler"]) | set(identity["sampler"])
                          if recorded["sampler"].get(k) != identity["sampler"].get(k))  # fmt: skip
         changed += [k for k in ("seed", "opponent_fingerprint") if recorded.get(k) != identity.get(k)]
         raise CheckpointError(
-            f"{iter_dir / 'checkpoints'} was trained on opponent samples made with different "
+            f"{iter_dir / CHECKPOINTS} was trained on opponent samples made with different "
             f"{', '.join(f'sampling.{k}' if k in identity['sampler'] else k for k in changed)}; resuming it "
-            f"would mix two sample sets: restore those settings, or delete {iter_dir / 'checkpoints'} "
+            f"would mix two sample sets: restore those settings, or delete {iter_dir / CHECKPOINTS} "
             "too so the iteration trains from its start"
         )
     if write and recorded != identity:
@@ -59,7 +60,7 @@ def check_and_record(iter_dir: Path, identity: dict[str, Any], write: bool) -> N
 
 def recorded_steps(run_dir: Path, k: int) -> int | None:
     """The optimizer steps finished iteration ``k`` ran, from its iteration.json (None if not finished)."""
-    summary = _read(run_dir / f"iter-{k}" / "iteration.json")
+    summary = _read(RunLayout(run_dir).iteration(k).done)
     steps = None if summary is None else summary.get("steps")
     return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
 
@@ -72,7 +73,7 @@ def check_same_base(run_dir: Path, base_unet: Any, pretrained: str) -> None:
     """
     from spin_diffusion.model.pipelines import fingerprint_module
 
-    summary = _read(run_dir / "iter-1" / "iteration.json")
+    summary = _read(RunLayout(run_dir).iteration(1).done)
     recorded = None if summary is None else summary.get("opponent_fingerprint")
     if recorded is None:
         return
