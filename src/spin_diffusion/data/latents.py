@@ -99,29 +99,6 @@ def _key(settings: dict) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def content_cache_key(cfg: DataConfig, vae: Any, pairs: bool = False) -> str | None:
-    """The cache key with the data's content in place of its names, sizes and mtimes (small data only)."""
-    from spin_diffusion.data.content import content_fingerprint
-
-    content = content_fingerprint(cfg)
-    if content is None:
-        return None
-    return _key({**_settings(cfg, vae, pairs), "source_fingerprint": content})
-
-
-def previous_format_key(cfg: DataConfig, vae: Any, pairs: bool = False) -> str | None:
-    """The key format 2 gave the same data and settings (None if format 2 could not express them).
-
-    A run started under format 2 may resume: its cache is rebuilt under format 3
-    (identical latents unless an image carries an EXIF orientation).
-    """
-    if cfg.allow_external_paths:
-        return None
-    settings = _settings(cfg, vae, pairs)
-    del settings["allow_external_paths"]
-    return _key({**settings, "format": 2})
-
-
 def latent_cache_key(cfg: DataConfig, vae: Any, pairs: bool = False) -> str:
     """The fingerprint of the cache ``cfg`` and ``vae`` would give, without building it.
 

@@ -51,8 +51,8 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    from spin_diffusion.data.latents import FORMAT_VERSION as LATENT_CACHE_FORMAT
-    from spin_diffusion.data.latents import content_cache_key, latent_cache_key, previous_format_key
+    from spin_diffusion.data.cache_keys import data_record as record_of
+    from spin_diffusion.data.cache_keys import earlier_format_keys
     from spin_diffusion.model.families import prompt_encoder
     from spin_diffusion.model.loading import load_pipeline
     from spin_diffusion.model.lora import check_lora_targets
@@ -76,14 +76,10 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     data_cfg = cfg.data
     if cfg.method == "spin":
         family.sample_at(pipe, data_cfg.resolution)  # a real/generated pair must have one latent shape
-    data_record = {
-        "latent_cache_key": latent_cache_key(data_cfg, pipe.vae, pairs=cfg.method in PREFERENCE_METHODS),
-        "data_path": str(data_cfg.path),
-        "latent_cache_format": LATENT_CACHE_FORMAT,
-        "content_key": content_cache_key(data_cfg, pipe.vae, pairs=cfg.method in PREFERENCE_METHODS),
-    }
-    earlier_format = tuple(
-        filter(None, [previous_format_key(data_cfg, pipe.vae, cfg.method in PREFERENCE_METHODS)])
+    pairs = cfg.method in PREFERENCE_METHODS
+    data_record, earlier_format = (
+        record_of(data_cfg, pipe.vae, pairs),
+        earlier_format_keys(data_cfg, pipe.vae, pairs),
     )
     if cfg.model.lora.enabled:
         check_lora_targets(denoiser_of(pipe), cfg.model.lora.target_modules)
