@@ -156,6 +156,7 @@ def _without_added_sections(cfg: Any) -> str:
         "weighting": "none",
         "guidance": 1.0,
     }
+    assert data["data"].pop("allow_external_paths") is False  # added with the outside-path rule, off
     return yaml.safe_dump(data, sort_keys=False)
 
 

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from spin_diffusion.model.pipelines import load_pipeline
 
 from spin_diffusion.config.run import SamplingConfig
 from spin_diffusion.errors import ConfigError
 from spin_diffusion.infra.run_layout import RunLayout
-from spin_diffusion.model.pipelines import load_pipeline
+from spin_diffusion.model.loading import load_pipeline
 from spin_diffusion.sampling.opponent import sample_opponent
 from spin_diffusion.selfplay.rundir import check_data_unchanged
 

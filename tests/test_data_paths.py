@@ -116,9 +116,8 @@ def test_exif_orientation_is_applied_when_decoding(tmp_path: Path) -> None:
 def test_a_cache_of_the_previous_format_is_rebuilt_not_reused(
     tmp_path: Path, tiny_pipeline_dir: Path
 ) -> None:
-    from spin_diffusion.model.pipelines import load_pipeline
-
     from spin_diffusion.data.latents import _key, ensure_latent_cache
+    from spin_diffusion.model.loading import load_pipeline
 
     vae = load_pipeline(tiny_pipeline_dir).vae
     cfg = _imagefolder_cfg(colour_squares(tmp_path / "d", ["red", "blue"]))

@@ -34,7 +34,7 @@ REFUSED = "is a pickle that carries code"
 
 
 def test_a_pickled_text_encoder_is_one_line(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
-    from spin_diffusion.model.pipelines import load_pipeline
+    from spin_diffusion.model.loading import load_pipeline
 
     model = tmp_path / "model"
     shutil.copytree(tiny_pipeline_dir, model)
@@ -47,9 +47,8 @@ def test_a_pickled_text_encoder_is_one_line(tiny_pipeline_dir: Path, tmp_path: P
 def test_a_pickled_trained_unet_fails_evaluate_check_and_export(
     tiny_pipeline_dir: Path, tmp_path: Path
 ) -> None:
-    from spin_diffusion.model.pipelines import load_pipeline
-
     from spin_diffusion.evaluation.checks import check_trained
+    from spin_diffusion.model.loading import load_pipeline
 
     model_dir = tmp_path / "iter-1" / "model"
     shutil.copytree(tiny_pipeline_dir / "unet", model_dir / "unet")
@@ -63,7 +62,8 @@ def test_a_pickled_trained_unet_fails_evaluate_check_and_export(
 
 def test_plain_tensor_pickles_still_load(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file
-    from spin_diffusion.model.pipelines import load_pipeline
+
+    from spin_diffusion.model.loading import load_pipeline
 
     unet = tmp_path / "unet"
     shutil.copytree(tiny_pipeline_dir / "unet", unet)
@@ -98,7 +98,7 @@ def test_a_pickled_scorer_head_says_it_carries_code(tmp_path: Path) -> None:
 
 
 def test_a_class_name_that_is_not_text_is_one_line(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
-    from spin_diffusion.model.pipelines import load_pipeline
+    from spin_diffusion.model.loading import load_pipeline
 
     model = tmp_path / "model"
     shutil.copytree(tiny_pipeline_dir, model)

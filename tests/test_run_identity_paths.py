@@ -52,7 +52,8 @@ def test_a_moved_data_folder_is_the_same_path_and_another_folder_is_not(tmp_path
 def test_a_different_base_model_under_a_moved_path_is_refused_by_its_weights(
     tmp_path: Path, tiny_pipeline_dir: Path, tiny_vpred_dir: Path
 ) -> None:
-    from spin_diffusion.model.pipelines import fingerprint_module, load_pipeline
+    from spin_diffusion.model.loading import load_pipeline
+    from spin_diffusion.model.weights import fingerprint_module
 
     base = load_pipeline(tiny_pipeline_dir).unet
     (tmp_path / "iter-1").mkdir()

@@ -71,7 +71,7 @@ def check_same_base(run_dir: Path, base_unet: Any, pretrained: str) -> None:
     Run identity compares model paths by where they lead (a moved checkout
     resumes); the weights decide whether it is the same model.
     """
-    from spin_diffusion.model.pipelines import fingerprint_module
+    from spin_diffusion.model.weights import fingerprint_module
 
     summary = _read(RunLayout(run_dir).iteration(1).done)
     recorded = None if summary is None else summary.get("opponent_fingerprint")
