@@ -14,8 +14,9 @@ from PIL import Image
 
 from spin_diffusion.cli.main import main
 from spin_diffusion.config.data import DataConfig
+from spin_diffusion.data.files import source_files, source_fingerprint
 from spin_diffusion.data.problems import PATH_ESCAPE
-from spin_diffusion.data.sources import scan_source, source_files, source_fingerprint
+from spin_diffusion.data.sources import scan_source
 from spin_diffusion.data.testing import write_parquet
 from tiny_runs import colour_squares, tiny_spin_config
 

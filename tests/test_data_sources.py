@@ -21,7 +21,8 @@ from spin_diffusion.data.problems import (
     UNREADABLE_IMAGE,
     UNSUPPORTED_MODE,
 )
-from spin_diffusion.data.sources import open_source, pickapic_winner, scan_source
+from spin_diffusion.data.sources import open_source, scan_source
+from spin_diffusion.data.tables import pickapic_winner
 from spin_diffusion.data.testing import (
     image_bytes,
     make_image,

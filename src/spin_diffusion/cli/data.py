@@ -57,7 +57,8 @@ def _read_yaml(path: Path) -> tuple[dict, bool]:
 
 def infer_source(path: str) -> str:
     """Guess the source kind of a dataset path (used when --source is not given)."""
-    from spin_diffusion.data.sources import _parquet_columns, parquet_files
+    from spin_diffusion.data.files import parquet_files
+    from spin_diffusion.data.tables import parquet_columns
 
     p = Path(path)
     if p.is_dir():
@@ -69,17 +70,18 @@ def infer_source(path: str) -> str:
             return "hf"
     elif p.is_file() and p.suffix != ".parquet":
         return "hf"
-    cols = _parquet_columns(parquet_files(path)[0])
+    cols = parquet_columns(parquet_files(path)[0])
     return "pickapic" if {"jpg_0", "jpg_1", "label_0", "label_1"} <= set(cols) else "parquet"
 
 
 def guess_note(path: str, source: str) -> str:
     """Why the guessed source was chosen, when a Pick-a-Pic file lacks a label column and so was not one."""
-    from spin_diffusion.data.sources import _parquet_columns, parquet_files
+    from spin_diffusion.data.files import parquet_files
+    from spin_diffusion.data.tables import parquet_columns
 
     if source != "parquet":
         return f"the source was guessed as {source}; pass --source to choose another"
-    cols = set(_parquet_columns(parquet_files(path)[0]))
+    cols = set(parquet_columns(parquet_files(path)[0]))
     missing = sorted({"label_0", "label_1"} - cols)
     if {"jpg_0", "jpg_1"} <= cols and missing:
         return (

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 
 from spin_diffusion.config.data import DataConfig
-from spin_diffusion.data.sources import source_files
+from spin_diffusion.data.files import source_files
 
 CONTENT_LIMIT = 256 * 2**20  # bytes read at each start, at most
 

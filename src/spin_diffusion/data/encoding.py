@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from spin_diffusion.data.sources import Example, PairExample
+from spin_diffusion.data.records import Example, PairExample
 from spin_diffusion.data.transforms import ImageTransform, hflip
 
 #: Number of ``vae.encode`` calls made by this module in this process (tests count with it).

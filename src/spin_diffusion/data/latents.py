@@ -26,7 +26,8 @@ import torch
 from spin_diffusion import __version__
 from spin_diffusion.config.data import DataConfig
 from spin_diffusion.data.encoding import encode_pixels, example_pixels, latent_scaling, vae_fingerprint
-from spin_diffusion.data.sources import DataSource, source_fingerprint
+from spin_diffusion.data.files import source_fingerprint
+from spin_diffusion.data.sources import DataSource
 from spin_diffusion.data.transforms import ImageTransform
 from spin_diffusion.errors import DataError
 from spin_diffusion.infra.atomic import write_json_atomic

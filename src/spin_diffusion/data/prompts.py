@@ -74,7 +74,7 @@ def _hpsv2(path: Path, styles: list[str] | None) -> list[str]:
 def _pickapic(path: str, column: str) -> list[str]:
     import pyarrow.parquet as pq
 
-    from spin_diffusion.data.sources import parquet_files
+    from spin_diffusion.data.files import parquet_files
 
     out: list[str] = []
     for f in parquet_files(path):
