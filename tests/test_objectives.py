@@ -180,3 +180,13 @@ def test_step_coefficients_give_the_gradient_of_the_exact_loss() -> None:
     c = trajectory_step_coefficients(u, 3000.0, m_r.shape[1])
     torch.testing.assert_close(m_r.grad, c[:, None].expand_as(m_r))
     torch.testing.assert_close(m_g.grad, -c[:, None].expand_as(m_g))
+
+
+def test_implicit_accuracy_counts_ties_as_one_half() -> None:
+    """diffusers' DPO scripts: (u > 0) + 0.5 (u == 0); at theta = reference every u is 0: chance, not 0."""
+    from spin_diffusion.objectives.core import implicit_accuracy
+
+    assert implicit_accuracy(torch.tensor([0.0, 0.0, 1.0, -1.0])) == 0.5
+    assert implicit_accuracy(torch.tensor([0.0, 2.0])) == 0.75
+    same = torch.tensor([0.1, 0.2])
+    assert pair_diagnostics(same, same, same, same, beta=100.0).implicit_acc == 0.5

@@ -10,9 +10,10 @@ Pairwise convention (binding for the whole project)::
 
 with ``a`` the member to be preferred (the real image for SPIN, the winner
 for DPO) and ``b`` the other. There is **no factor 1/2**: the official
-Diffusion-DPO code multiplies ``beta_dpo`` by 0.5, so its ``beta_dpo=5000``
-equals ``beta=2500`` here. The paper's SPIN values (2000, 5000, 5000) are on
-this scale already.
+Diffusion-DPO code (and diffusers' SDXL script) multiplies ``beta_dpo`` by 0.5,
+so its ``beta_dpo=5000`` equals ``beta=2500`` here; diffusers' SD-1.5 script has
+no 1/2, so its 2500 is 2500 here (docs/methods.md has the table per script).
+The paper's SPIN values (2000, 5000, 5000) are on this scale already.
 """
 
 from __future__ import annotations
@@ -94,10 +95,27 @@ def dpo_loss(
 ) -> torch.Tensor:
     """Per-sample Diffusion-DPO loss: the SPIN function on (winner, loser) pairs.
 
-    No 1/2 factor: official ``beta_dpo=5000`` is ``beta=2500`` here.
+    No 1/2 factor: Salesforce's ``beta_dpo=5000`` (x 0.5) is ``beta=2500`` here, and so
+    is diffusers' SD-1.5 ``beta_dpo=2500`` (no 0.5).
     """
     u = preference_margin(model_err_win, ref_err_win, model_err_lose, ref_err_lose, beta)
     return margin_loss(u, loss_type)
+
+
+def epsilon_space_factor(alpha_bar: torch.Tensor, prediction_type: str) -> torch.Tensor:
+    """Per-sample factor that turns an error in the model's prediction space into epsilon space.
+
+    With ``x_t = sqrt(a) x0 + sqrt(1-a) eps`` and diffusers' ``v = sqrt(a) eps -
+    sqrt(1-a) x0``, the noise a v output implies is ``eps = sqrt(a) v + sqrt(1-a) x_t``,
+    so ``eps_hat - eps = sqrt(a) (v_hat - v)`` and ``err_eps = a * err_v``: a
+    v-space error is the epsilon-space error divided by ``abar_t``.
+    """
+    a = alpha_bar.float()
+    if prediction_type == "epsilon":
+        return torch.ones_like(a)
+    if prediction_type == "v_prediction":
+        return a
+    raise ValueError(f"epsilon-space errors do not support prediction_type {prediction_type!r}")
 
 
 def sft_loss(model_err: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -141,6 +159,15 @@ class PairDiagnostics:
         }
 
 
+def implicit_accuracy(u: torch.Tensor) -> float:
+    """``mean(u > 0)`` with ties counted as one half, as diffusers' DPO scripts count them.
+
+    At theta = reference every ``u`` is 0: that is chance (0.5), not 0.
+    """
+    u = u.detach().float()
+    return ((u > 0).float() + 0.5 * (u == 0).float()).mean().item()
+
+
 @torch.no_grad()
 def pair_diagnostics(
     model_err_a: torch.Tensor,
@@ -148,11 +175,17 @@ def pair_diagnostics(
     model_err_b: torch.Tensor,
     ref_err_b: torch.Tensor,
     beta: float,
+    u: torch.Tensor | None = None,
 ) -> PairDiagnostics:
-    """Implicit accuracy ``mean(u > 0)`` and the two margins, detached."""
-    u = preference_margin(model_err_a, ref_err_a, model_err_b, ref_err_b, beta)
+    """Implicit accuracy and the two margins, detached.
+
+    ``u`` is the logit the objective actually uses (SEE-DPO's and Adaptive-DPO's
+    differ from the plain DPO logit); without it, :func:`preference_margin`.
+    """
+    if u is None:
+        u = preference_margin(model_err_a, ref_err_a, model_err_b, ref_err_b, beta)
     return PairDiagnostics(
-        implicit_acc=(u > 0).float().mean().item(),
+        implicit_acc=implicit_accuracy(u),
         margin_a=(model_err_a.float() - ref_err_a.float()).mean().item(),
         margin_b=(model_err_b.float() - ref_err_b.float()).mean().item(),
         u_mean=u.mean().item(),

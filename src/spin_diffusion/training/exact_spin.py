@@ -50,6 +50,7 @@ from spin_diffusion.model.families import Conditioning
 from spin_diffusion.model.prediction import diffusion_target
 from spin_diffusion.objectives.core import (
     denoising_error,
+    implicit_accuracy,
     margin_loss,
     trajectory_margin,
     trajectory_step_coefficients,
@@ -216,7 +217,7 @@ def exact_spin_output(
 
     metrics = {
         "loss": loss.item(),
-        "implicit_acc": (u > 0).float().mean().item(),
+        "implicit_acc": implicit_accuracy(u),
         "d_real": (m_real - r_real).mean().item(),
         "d_gen": (m_gen - r_gen).mean().item(),
         "u_mean": u.mean().item(),
