@@ -157,6 +157,14 @@ def _without_added_sections(cfg: Any) -> str:
         "guidance": 1.0,
     }
     assert data["data"].pop("allow_external_paths") is False  # added with the outside-path rule, off
+    # added for issue #22 (docs/methods.md), each at its default
+    assert data["data"].pop("label_column", None) is None
+    assert data["training"].pop("error_space") == "native"
+    assert data["training"]["kto"].pop("unpaired", False) is False
+    assert data["training"]["kto"].pop("desirable_ratio", 0.8) == 0.8
+    official = ("ema_annotators", "ema_decays", "ema_warmup_steps", "rho", "normalise_logits")
+    for key in (*official, "temperature", "intercept", "margin_type"):
+        data["training"]["adaptive_dpo"].pop(key)
     return yaml.safe_dump(data, sort_keys=False)
 
 

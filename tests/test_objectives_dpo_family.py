@@ -9,7 +9,7 @@ import torch
 
 from spin_diffusion.objectives.core import dpo_loss
 from spin_diffusion.objectives.dpo_family import (
-    adaptive_dpo_loss,
+    adaptive_dpo_lite_loss,
     dmpo_loss,
     inversion_dpo_loss,
     kto_loss,
@@ -58,19 +58,21 @@ def test_see_dpo_adds_the_entropy_term_and_is_dpo_at_gamma_zero() -> None:
 def test_adaptive_dpo_margins_confident_pairs_and_downweights_disagreeing_ones() -> None:
     c = sig(3.0)  # the model agrees: weight 1, margin 2c - 1
     agree = math.log(1 + math.exp(-(3.0 - (2 * c - 1))))  # 0.116082
-    assert adaptive_dpo_loss(*PAIR, beta=100.0, margin=1.0).item() == pytest.approx(agree, rel=1e-5)
+    assert adaptive_dpo_lite_loss(*PAIR, beta=100.0, margin=1.0).item() == pytest.approx(agree, rel=1e-5)
     c = sig(-3.0)  # the model disagrees: weight 2c, no margin
     disagree = 2 * c * math.log(1 + math.exp(3.0))  # 0.289164
-    assert adaptive_dpo_loss(*FLIPPED, beta=100.0, margin=1.0).item() == pytest.approx(disagree, rel=1e-5)
+    assert adaptive_dpo_lite_loss(*FLIPPED, beta=100.0, margin=1.0).item() == pytest.approx(
+        disagree, rel=1e-5
+    )
     # at theta = reference (u = 0) it is Diffusion-DPO: weight 1, margin 0, loss log 2
     same = (torch.tensor([0.2]), torch.tensor([0.2]), torch.tensor([0.3]), torch.tensor([0.3]))
-    assert adaptive_dpo_loss(*same, beta=100.0).item() == pytest.approx(math.log(2), rel=1e-6)
+    assert adaptive_dpo_lite_loss(*same, beta=100.0).item() == pytest.approx(math.log(2), rel=1e-6)
 
 
 def test_adaptive_dpo_weight_is_not_differentiated() -> None:
     """The confidence only scales the loss: the gradient is W * dl/du, not d(W l)/du."""
     m_w = torch.tensor([0.15], requires_grad=True)
-    adaptive_dpo_loss(m_w, PAIR[3], PAIR[0], PAIR[1], beta=100.0, margin=0.0).sum().backward()
+    adaptive_dpo_lite_loss(m_w, PAIR[3], PAIR[0], PAIR[1], beta=100.0, margin=0.0).sum().backward()
     c = sig(-3.0)
     # dl/du at u = -3 is -(1 - sigmoid(-3)); du/dm_w = -100
     assert m_w.grad.item() == pytest.approx(2 * c * (1 - sig(-3.0)) * 100.0, rel=1e-5)
@@ -108,7 +110,8 @@ def test_inversion_dpo_hand_computed() -> None:
 
 
 def test_ddim_inversion_with_a_constant_noise_prediction_is_forward_noising() -> None:
-    """If the model always predicts e, every DDIM step keeps x0_hat = x0: x_t = sqrt(a) x0 + sqrt(1-a) e."""
+    """If the model always predicts e, every DDIM step keeps x0_hat: x_t = sqrt(a) x0_hat + sqrt(1-a) e,
+    with x0_hat = (x0 - sqrt(1 - a_0) e) / sqrt(a_0) since the clean latent sits at abar_0."""
     from spin_diffusion.sampling.inversion import ddim_invert
 
     abar = torch.linspace(0.999, 0.01, 1000)
@@ -116,8 +119,9 @@ def test_ddim_inversion_with_a_constant_noise_prediction_is_forward_noising() ->
     e = torch.randn(3, 4, 2, 2, generator=torch.Generator().manual_seed(1))
     t = torch.tensor([10, 500, 999])
     x_t = ddim_invert(lambda x, tau: e, abar, x0, t, num_steps=7)
-    a = abar[t].view(-1, 1, 1, 1)
-    assert torch.allclose(x_t, a.sqrt() * x0 + (1 - a).sqrt() * e, atol=1e-5)
+    a, a0 = abar[t].view(-1, 1, 1, 1), abar[0]
+    x0_hat = (x0 - (1 - a0).sqrt() * e) / a0.sqrt()
+    assert torch.allclose(x_t, a.sqrt() * x0_hat + (1 - a).sqrt() * e, atol=1e-5)
 
 
 def test_inverted_errors_on_a_tiny_unet(tiny_pipeline_dir) -> None:

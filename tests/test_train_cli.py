@@ -316,7 +316,7 @@ def test_lora_self_play_and_precomputed_reference(
     assert it2["opponent_fingerprint"] == it1["model_fingerprint"]
 
 
-FAMILY = ["dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo"]
+FAMILY = ["dmpo", "see-dpo", "adaptive-dpo", "adaptive-dpo-lite", "kto", "inversion-dpo"]
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
@@ -334,6 +334,9 @@ def test_dpo_family_methods_train(
         iterations=[{"beta": 1000}],
         model=model,
     )
+    if method == "inversion-dpo" and lora:  # provably stuck at the reference: refused (docs/methods.md)
+        assert main(["train", str(cfg), "--set", "training.inversion.steps=2"]) != 0
+        return
     assert main(["train", str(cfg), "--set", "training.inversion.steps=2"]) == 0
     run = tmp_path / "runs" / "run"
     model_dir = run / "iter-1" / "model"

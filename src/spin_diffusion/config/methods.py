@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, field_validator
 
 from spin_diffusion.config.base import Strict
 
@@ -24,15 +26,54 @@ class SeeDpoConfig(Strict):
 
 
 class AdaptiveDpoConfig(Strict):
-    """Adaptive-DPO, our reconstruction: confidence weight and margin (method: adaptive-dpo)."""
+    """Adaptive-DPO as its official code defines it (method: adaptive-dpo; defaults: its README's flags)."""
 
-    margin: float = Field(
-        1.0, ge=0, description="largest adaptive margin on u, for pairs the model is sure of (ours)"
+    ema_annotators: bool = Field(
+        True,
+        description="score each pair with the model and two EMA copies (official --use_ema); false: the "
+        "official single-model branch. Costs two copies of the trainable weights (docs/methods.md)",
     )
+    ema_decays: list[float] = Field(
+        default_factory=lambda: [0.9999, 0.5], min_length=2, description="the EMA annotators' decays"
+    )
+    ema_warmup_steps: int = Field(2, ge=0, description="optimizer steps before the annotators score")
+    rho: float = Field(15.0, gt=0, description="logit scale inside the confidence (official --logits_rho)")
+    normalise_logits: bool = Field(
+        True, description="divide each annotator's logits by their norm over the batch (official)"
+    )
+    temperature: float = Field(10.0, ge=0, description="weight = 1 / (temperature * w + intercept)")
+    intercept: float = Field(1.0, gt=0, description="weight = 1 / (temperature * w + intercept)")
+    margin_type: Literal["quadratic", "linear", "none"] = Field(
+        "quadratic", description="adaptive margin (official --use_margin --margin_type quadratic)"
+    )
+    margin: float = Field(
+        1.0, ge=0, description="adaptive-dpo-lite (our variant): largest margin on u, for sure pairs"
+    )
+
+    @field_validator("ema_decays")
+    @classmethod
+    def _decays_ok(cls, v: list[float]) -> list[float]:
+        if any(not 0 < d < 1 for d in v):
+            raise ValueError(f"every EMA decay must be in (0, 1), got {v}")
+        return v
 
 
 class KtoConfig(Strict):
-    """Diffusion-KTO on per-image labels: winners desirable, losers undesirable (method: kto)."""
+    """Diffusion-KTO on per-image labels (method: kto): single labelled images, or pairs taken as two."""
+
+    unpaired: bool = Field(
+        False,
+        description="train on single labelled images as the official code does (each its own t and noise, "
+        "drawn with desirable_ratio): an imagefolder with data.label_column, or Pick-a-Pic's pairs taken "
+        "apart; false: each preference pair gives one desirable and one undesirable image sharing t and noise",
+    )
+    desirable_ratio: float | None = Field(
+        0.8,
+        gt=0,
+        lt=1,
+        description="unpaired: probability that a drawn image is desirable (official --positive_ratio); null: "
+        "every image once per epoch",
+    )
 
     lambda_desirable: float = Field(1.0, gt=0, description="weight of desirable images (official code: 1)")
     lambda_undesirable: float = Field(

@@ -29,11 +29,20 @@ from spin_diffusion.config.path_identity import path_insensitive, same_location
 from spin_diffusion.errors import ConfigError
 
 Method = Literal[
-    "sft", "dpo", "spin", "spin-exact", "dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo"
+    "sft",
+    "dpo",
+    "spin",
+    "spin-exact",
+    "dmpo",
+    "see-dpo",
+    "adaptive-dpo",
+    "adaptive-dpo-lite",
+    "kto",
+    "inversion-dpo",
 ]
 # Methods that train once on preference pairs against the frozen base (docs/methods.md).
 PREFERENCE_METHODS: frozenset[str] = frozenset(
-    {"dpo", "dmpo", "see-dpo", "adaptive-dpo", "kto", "inversion-dpo"}
+    {"dpo", "dmpo", "see-dpo", "adaptive-dpo", "adaptive-dpo-lite", "kto", "inversion-dpo"}
 )
 # Methods that sample from the opponent every iteration and may run several iterations.
 SELF_PLAY_METHODS = ("spin", "spin-exact")
@@ -137,12 +146,21 @@ class TrainingConfig(Strict):
     )
     ema_decay: float = Field(0.9999, gt=0, lt=1, description="EMA decay per optimizer step")
     beta: float = Field(
-        2000.0, gt=0, description="pairwise temperature; no factor 1/2 (official DPO beta_dpo=5000 is 2500)"
+        2000.0,
+        gt=0,
+        description="pairwise temperature; no factor 1/2 (Salesforce DPO beta_dpo=5000 x 0.5 is 2500; "
+        "diffusers' SD-1.5 DPO script's 2500 is 2500; docs/methods.md)",
     )
     loss_type: Literal["logistic", "hinge", "correlation"] = Field(
         "logistic", description="l(u): -logsigmoid(u), max(0, 1-u) or 1-u"
     )
     snr_gamma: float | None = Field(None, gt=0, description="min-SNR-gamma weighting for SFT; null disables")
+    error_space: Literal["native", "epsilon"] = Field(
+        "native",
+        description="pairwise errors in the model's own prediction space (native: as every public DPO "
+        "script, so their betas carry over) or, for v-prediction UNets, in epsilon space (err_eps = abar_t "
+        "err_v), where SD-1.5's epsilon-model betas carry over",
+    )
     trajectory_chunk_size: int = Field(
         8,
         ge=1,
@@ -236,7 +254,7 @@ class RunConfig(Strict):
         "spin",
         description="spin (self-play, approximate objective eq. 4.9), spin-exact (self-play, exact "
         "trajectory objective eq. 4.8; docs/spin-objectives.md), sft, or a preference method on pairs: "
-        "dpo, dmpo, see-dpo, adaptive-dpo, kto, inversion-dpo (docs/methods.md)",
+        "dpo, dmpo, see-dpo, adaptive-dpo, adaptive-dpo-lite, kto, inversion-dpo (docs/methods.md)",
     )
     seed: int = Field(
         0, ge=0, le=2**32 - 1, description="seeds sampling noise, timesteps, batches (0 to 2**32-1)"
@@ -272,6 +290,28 @@ class RunConfig(Strict):
                 "training.precompute_reference: inversion-dpo inverts each latent with the live reference "
                 "model, so its errors cannot be precomputed; set it to false"
             )
+        if self.method == "kto" and self.training.kto.unpaired:
+            source, labels = self.data.source, self.data.label_column
+            if source != "pickapic" and not (source == "imagefolder" and labels):
+                raise ValueError(
+                    "training.kto.unpaired: single labelled images come from an imagefolder with "
+                    "data.label_column or from source pickapic"
+                )
+            if self.training.precompute_reference:
+                raise ValueError("training.precompute_reference: not supported for kto on single images")
+        if self.method == "inversion-dpo" and self.model.lora.enabled:
+            raise ValueError(
+                "model.lora.enabled: inversion-dpo cannot train a LoRA adapter: it starts at B = 0, i.e. at "
+                "the reference, where every inverted error and its gradient is exactly 0, so it never moves "
+                "(docs/methods.md); use full fine-tuning with training.weight_decay > 0"
+            )
+        exact_reference = self.model.reference_dtype == "float32"
+        if self.method == "inversion-dpo" and self.training.weight_decay == 0 and exact_reference:
+            raise ValueError(
+                "training.weight_decay: inversion-dpo starts at the reference, where its gradient is exactly "
+                "0; with a float32 reference only weight decay moves it off that point, so it must be > 0 "
+                "(docs/methods.md)"
+            )
         return self
 
     @model_validator(mode="after")
@@ -280,6 +320,10 @@ class RunConfig(Strict):
         if self.method != "spin-exact":
             return self
         s, t = self.sampling, self.training
+        if t.error_space != "native":
+            raise ValueError(
+                "training.error_space: spin-exact takes its errors in the model's own space (native)"
+            )
         if s.scheduler not in TRAJECTORY_SCHEDULERS:
             raise ValueError(
                 f"sampling.scheduler {s.scheduler} is not supported by spin-exact; use one of "
@@ -312,6 +356,14 @@ class RunConfig(Strict):
     @property
     def run_dir(self) -> Path:
         return Path(self.output_dir) / self.name
+
+    @property
+    def pair_data(self) -> bool:
+        """The real-latent cache holds preference pairs (every preference method reading Pick-a-Pic's
+        pairs, KTO on them too), not single images (SFT, SPIN, KTO on a labelled imagefolder)."""
+        if self.method not in PREFERENCE_METHODS:
+            return False
+        return not (self.method == "kto" and self.training.kto.unpaired and self.data.source != "pickapic")
 
     def training_for(self, iteration: int) -> TrainingConfig:
         """The training settings of 1-based ``iteration`` with its overrides applied."""

@@ -42,8 +42,9 @@ def dmpo_loss(
     AIDC-AI Diffusion-SDPO code implements it (``train_method == 'dmpo'``,
     ``--dmpo_alpha 0.01``, ``--beta_dpo 2000`` with its ``0.5 * beta_dpo`` scale,
     i.e. beta = 1000 here). Unlike ``-logsigmoid(u)`` the loss is minimal at
-    ``p = q`` rather than ``p -> 1``: it stops pushing a pair once the model
-    prefers the winner with probability ``1 - alpha`` (mode-seeking, bounded).
+    ``p = q``, i.e. ``u = logit(1 - alpha)`` (4.6 for alpha 0.01), rather than
+    ``p -> 1``: past that margin its gradient changes sign and pushes the pair
+    back towards it (mode-seeking, bounded).
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
@@ -78,14 +79,26 @@ def see_dpo_loss(
 
     ``gamma = 0`` is Diffusion-DPO exactly. ``gamma`` is on our beta scale.
     """
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
-    u = preference_margin(model_err_win, ref_err_win, model_err_lose, ref_err_lose, beta)
-    u = u - gamma * (model_err_win.float() - model_err_lose.float())
+    u = see_dpo_logit(model_err_win, ref_err_win, model_err_lose, ref_err_lose, beta, gamma)
     return margin_loss(u, loss_type)
 
 
-def adaptive_dpo_loss(
+def see_dpo_logit(
+    model_err_win: torch.Tensor,
+    ref_err_win: torch.Tensor,
+    model_err_lose: torch.Tensor,
+    ref_err_lose: torch.Tensor,
+    beta: float,
+    gamma: float,
+) -> torch.Tensor:
+    """The logit SEE-DPO's loss uses (what its implicit accuracy and ``u_mean`` are logged from)."""
+    if gamma < 0:
+        raise ValueError(f"gamma must be >= 0, got {gamma}")
+    u = preference_margin(model_err_win, ref_err_win, model_err_lose, ref_err_lose, beta)
+    return u - gamma * (model_err_win.float() - model_err_lose.float())
+
+
+def adaptive_dpo_lite_loss(
     model_err_win: torch.Tensor,
     ref_err_win: torch.Tensor,
     model_err_lose: torch.Tensor,
@@ -94,16 +107,13 @@ def adaptive_dpo_loss(
     margin: float = 1.0,
     loss_type: LossType = "logistic",
 ) -> torch.Tensor:
-    """Adaptive-DPO (Zhang et al. 2025), OUR RECONSTRUCTION: confidence-weighted, confidence-margined DPO.
+    """``adaptive-dpo-lite``: OUR VARIANT of Adaptive-DPO, written before its code was read.
 
-    What is known from the paper's abstract and its public reviews: a per-pair
-    minority metric from the *model being trained* (intra-annotator confidence,
-    inter-annotator stability over M models, the paper's Eq. 13) drives an
-    instance weight ``W`` and an adaptive margin ``Gamma`` inside the DPO loss,
-    down-weighting likely minority (mislabelled) pairs and strengthening the
-    majority. The paper's Eq. 11-15 could not be read, so W and Gamma here are
-    our own choice, built from the one part that needs no M models, the model's
-    detached confidence ``c = sigmoid(u)`` that the label is right:
+    Not the official method (that is :mod:`spin_diffusion.objectives.adaptive_dpo`):
+    one model, no EMA annotators, a weight and margin of our own choice.
+
+    Built from the model's detached confidence ``c = sigmoid(u)`` that the label
+    is right:
 
         W = min(1, 2c)        (1 when the model agrees, -> 0 as it confidently disagrees)
         Gamma = margin * max(0, 2c - 1)

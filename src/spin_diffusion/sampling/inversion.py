@@ -39,11 +39,17 @@ def ddim_invert(
 ) -> torch.Tensor:
     """Run DDIM backwards from clean ``x0`` to each sample's own ``timesteps[i]`` in ``num_steps`` steps.
 
-    Step ``k`` goes from ``tau_{k-1}`` to ``tau_k = round(k t_i / num_steps)``
-    (``tau_0`` is the clean image, alpha = 1): the noise is predicted at the
-    current latent for timestep ``tau_k``, then ``x <- sqrt(a_k) x0_hat +
-    sqrt(1 - a_k) eps``. Deterministic; one ``predict`` call per step for the
-    whole batch.
+    Step ``k`` goes from ``tau_{k-1}`` to ``tau_k = round(k t_i / num_steps)``:
+    the noise is predicted at the current latent for timestep ``tau_k``, then
+    ``x <- sqrt(a_k) x0_hat + sqrt(1 - a_k) eps``. Deterministic; one ``predict``
+    call per step for the whole batch.
+
+    The clean latent is taken to sit at ``abar_0`` (``tau_0 = 0``), not at alpha
+    1: the convention of the official Inversion-DPO loop (its DDIM scheduler has
+    ``set_alpha_to_one=False``, so its first, t = 0 step is an identity at
+    ``abar_0``) and of diffusers' DDIM sampler for SD, whose last step ends at
+    ``abar_0``. With it, ``num_steps = 39`` to ``t = 975`` reproduces the official
+    40-step loop (docs/methods.md).
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be >= 1, got {num_steps}")
@@ -51,7 +57,7 @@ def ddim_invert(
     t = timesteps.to(x0.device).long()
     shape = (-1, *([1] * (x0.dim() - 1)))
     x = x0.float()
-    a_prev = torch.ones(len(t), device=x0.device)
+    a_prev = abar[0].expand(len(t))  # x0 sits at abar_0, as the official loop (and DDIM sampling) has it
     for k in range(1, num_steps + 1):
         tau = torch.round(t.float() * k / num_steps).long()
         a = abar[tau]

@@ -85,7 +85,8 @@ def family_defaults() -> dict[str, FamilyRun]:
     return {
         "dmpo": FamilyRun(beta=1000.0, training={"dmpo": {"alpha": 0.01}}, **dpo_like),  # code: 2000 x 0.5
         "see-dpo": FamilyRun(beta=2500.0, training={"see_dpo": {"entropy_ratio": 0.1}}, **dpo_like),
-        "adaptive-dpo": FamilyRun(beta=2500.0, training={"adaptive_dpo": {"margin": 1.0}}, **dpo_like),
+        # official code's README: beta_dpo 1000, no factor 1/2, EMA annotators and the rest at their defaults
+        "adaptive-dpo": FamilyRun(beta=1000.0, training={"adaptive_dpo": {}}, **dpo_like),
         "kto": FamilyRun(
             beta=1000.0, training={"kto": {"lambda_desirable": 1.0, "lambda_undesirable": 1.0}}, **dpo_like
         ),  # fmt: skip

@@ -12,28 +12,38 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from spin_diffusion.errors import ConfigError
 from spin_diffusion.model.prediction import prediction_error
+from spin_diffusion.objectives.adaptive_dpo import adaptive_dpo_logit, adaptive_dpo_loss
 from spin_diffusion.objectives.core import (
-    denoising_error,
     dpo_loss,
+    implicit_accuracy,
     min_snr_weights,
     pair_diagnostics,
+    preference_margin,
     sft_loss,
     spin_loss,
 )
 from spin_diffusion.objectives.dpo_family import (
-    adaptive_dpo_loss,
+    adaptive_dpo_lite_loss,
     dmpo_loss,
     inversion_dpo_loss,
     kto_loss,
+    see_dpo_logit,
     see_dpo_loss,
 )
-from spin_diffusion.sampling.inversion import ddim_invert
+from spin_diffusion.training.annotators import EmaAnnotators
 from spin_diffusion.training.batches import Batch
 from spin_diffusion.training.distributed import mean_over_processes
 from spin_diffusion.training.exact_spin import exact_spin_output
+from spin_diffusion.training.kto_single import kto_single_loss
 from spin_diffusion.training.loss_types import LossOutput
+from spin_diffusion.training.method_state import MethodState
+from spin_diffusion.training.pair_errors import (
+    PairErrors,
+    annotated_errors,
+    forward_noised_errors,
+    inverted_errors,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -43,82 +53,30 @@ if TYPE_CHECKING:
     from spin_diffusion.training.reference import Reference
 
 
-@dataclass(frozen=True)
-class PairErrors:
-    """Per-sample errors of a pair batch: model and reference, preferred side ``a`` and other side ``b``."""
-
-    m_a: torch.Tensor
-    r_a: torch.Tensor
-    m_b: torch.Tensor
-    r_b: torch.Tensor
-
-
-ErrorsFn = Callable[["TrainingConfig", Any, Any, "Reference", Batch, "Conditioning"], PairErrors]
+ErrorsFn = Callable[..., PairErrors]  # (cfg, unet, scheduler, reference, batch, emb, state=None)
 Objective = Callable[[PairErrors, "TrainingConfig"], "torch.Tensor"]
+Logit = Callable[[PairErrors, "TrainingConfig"], "torch.Tensor"]
+Diagnostics = Callable[[PairErrors, "TrainingConfig"], dict[str, float]]
+StateFactory = Callable[["TrainingConfig", list[Any]], MethodState | None]
 
 
 @dataclass(frozen=True)
 class PairMethod:
+    """One pairwise method: how its errors are obtained, its objective, and what is logged.
+
+    ``logit`` is the ``u`` the objective uses (implicit accuracy and ``u_mean``
+    are logged from it; the plain DPO logit when None); ``diagnostics``
+    replaces the pair diagnostics for a method that defines its own (KTO);
+    ``state`` builds what the method keeps across steps (Adaptive-DPO's EMA
+    annotators), or None.
+    """
+
     errors: ErrorsFn
     objective: Objective
     names: tuple[str, str] = ("win", "lose")
-
-
-def forward_noised_errors(
-    cfg: TrainingConfig,
-    unet: Any,
-    noise_scheduler: Any,
-    reference: Reference,
-    batch: Batch,
-    emb: Conditioning,
-) -> PairErrors:
-    """Both members noised with the pair's shared ``t`` and noise; one forward of the model on the pair."""
-    import torch
-
-    b, device = len(batch.indices), emb.device
-    latents = torch.cat([batch.latents_a, batch.latents_b]).to(device)
-    emb2 = emb.pair()  # each pair member keeps its own SDXL size conditioning
-    t2, eps2 = batch.timesteps.repeat(2).to(device), batch.noise.repeat(2, 1, 1, 1).to(device)
-    model_err = prediction_error(unet, noise_scheduler, latents, emb2, t2, eps2)
-    ref_err = reference.errors(batch, latents, emb2).detach()
-    return PairErrors(model_err[:b], ref_err[:b], model_err[b:], ref_err[b:])
-
-
-def inverted_errors(
-    cfg: TrainingConfig,
-    unet: Any,
-    noise_scheduler: Any,
-    reference: Reference,
-    batch: Batch,
-    emb: Conditioning,
-) -> PairErrors:
-    """Inversion-DPO's seam: x_t from DDIM inversion under the reference, its prediction as the target.
-
-    The reference error is zero by construction (it is compared with itself).
-    """
-    import torch
-
-    predict_ref = getattr(reference, "predict", None)
-    if predict_ref is None:
-        raise ConfigError("inversion-dpo needs a live reference model (training.precompute_reference: false)")
-    b, device = len(batch.indices), emb.device
-    x0 = torch.cat([batch.latents_a, batch.latents_b]).to(device)
-    emb2 = emb.pair()
-    t2 = batch.timesteps.repeat(2).to(device)
-    x_t = ddim_invert(
-        lambda x, tau: predict_ref(x, tau, emb2),
-        noise_scheduler.alphas_cumprod,
-        x0,
-        t2,
-        cfg.inversion.steps,
-        noise_scheduler.config.prediction_type,
-    )
-    target = predict_ref(x_t, t2, emb2)
-    dtype = next(unet.parameters()).dtype
-    pred = unet(x_t.to(dtype), t2, **emb2.unet_kwargs(dtype)).sample
-    model_err = denoising_error(pred, target)
-    zero = torch.zeros_like(model_err).detach()
-    return PairErrors(model_err[:b], zero[:b], model_err[b:], zero[b:])
+    logit: Logit | None = None
+    diagnostics: Diagnostics | None = None
+    state: StateFactory | None = None
 
 
 def _kto(e: PairErrors, cfg: TrainingConfig) -> torch.Tensor:
@@ -141,6 +99,34 @@ def _kto(e: PairErrors, cfg: TrainingConfig) -> torch.Tensor:
     return per_image.view(2, -1).mean(dim=0)  # one value per pair, like the other rows
 
 
+def _adaptive_state(cfg: TrainingConfig, params: list[Any]) -> MethodState | None:
+    a = cfg.adaptive_dpo
+    return EmaAnnotators(params, tuple(a.ema_decays), a.ema_warmup_steps) if a.ema_annotators else None
+
+
+def _adaptive_logit(e: PairErrors, cfg: TrainingConfig) -> torch.Tensor:
+    u = preference_margin(e.m_a, e.r_a, e.m_b, e.r_b, cfg.beta)
+    return adaptive_dpo_logit(u, e.extra["uncertainty"], cfg.beta, cfg.adaptive_dpo.margin_type)
+
+
+def _adaptive(e: PairErrors, cfg: TrainingConfig) -> torch.Tensor:
+    a = cfg.adaptive_dpo
+    w = e.extra["uncertainty"]
+    return adaptive_dpo_loss(
+        e.m_a, e.r_a, e.m_b, e.r_b, cfg.beta, w, a.temperature, a.intercept, a.margin_type
+    )
+
+
+def _kto_diagnostics(e: PairErrors, cfg: TrainingConfig) -> dict[str, float]:
+    """What the official KTO code logs: per-image accuracy of the label-signed term, and the KL estimate."""
+    import torch
+
+    g = torch.cat([e.r_a - e.m_a, e.r_b - e.m_b]).detach().float()
+    z = mean_over_processes(g).clamp(min=0.0)
+    sign = torch.cat([torch.ones_like(e.m_a), -torch.ones_like(e.m_b)]).float()
+    return {"implicit_acc": implicit_accuracy(sign * (g - z)), "kl": float(z)}
+
+
 PAIR_METHODS: dict[str, PairMethod] = {
     "spin": PairMethod(
         forward_noised_errors,
@@ -158,14 +144,18 @@ PAIR_METHODS: dict[str, PairMethod] = {
         lambda e, cfg: see_dpo_loss(
             e.m_a, e.r_a, e.m_b, e.r_b, cfg.beta, cfg.see_dpo.entropy_ratio * cfg.beta, cfg.loss_type
         ),
+        logit=lambda e, cfg: see_dpo_logit(
+            e.m_a, e.r_a, e.m_b, e.r_b, cfg.beta, cfg.see_dpo.entropy_ratio * cfg.beta
+        ),
     ),
-    "adaptive-dpo": PairMethod(
+    "adaptive-dpo": PairMethod(annotated_errors, _adaptive, logit=_adaptive_logit, state=_adaptive_state),
+    "adaptive-dpo-lite": PairMethod(
         forward_noised_errors,
-        lambda e, cfg: adaptive_dpo_loss(
+        lambda e, cfg: adaptive_dpo_lite_loss(
             e.m_a, e.r_a, e.m_b, e.r_b, cfg.beta, cfg.adaptive_dpo.margin, cfg.loss_type
         ),
     ),
-    "kto": PairMethod(forward_noised_errors, _kto),
+    "kto": PairMethod(forward_noised_errors, _kto, diagnostics=_kto_diagnostics),
     "inversion-dpo": PairMethod(
         inverted_errors, lambda e, cfg: inversion_dpo_loss(e.m_a, e.m_b, cfg.beta, cfg.loss_type)
     ),
@@ -180,24 +170,34 @@ def compute_loss(
     reference: Reference | None,
     batch: Batch,
     emb: Conditioning,
+    state: MethodState | None = None,
 ) -> LossOutput:
     """One forward of the trained model on the whole (concatenated) batch, then the objective.
 
-    ``emb`` is the batch's conditioning from the model family's prompt encoder.
+    ``emb`` is the batch's conditioning from the model family's prompt encoder;
+    ``state`` is what
+    :func:`make_method_state` built for the method (None for most).
     """
     if method == "spin-exact":
         return exact_spin_output(cfg, unet, noise_scheduler, reference, batch, emb)
     if method == "sft":
         return _sft(cfg, unet, noise_scheduler, batch, emb)
+    if method == "kto" and batch.labels is not None:  # single labelled images (training.kto.unpaired)
+        if reference is None:
+            raise ValueError("method kto needs a reference")
+        return LossOutput(*kto_single_loss(cfg, unet, noise_scheduler, reference, batch, emb))
     spec = PAIR_METHODS.get(method)
     if spec is None:
         raise ValueError(f"unknown method {method!r}; expected sft or one of {', '.join(PAIR_METHODS)}")
     if reference is None or batch.latents_b is None:
         raise ValueError(f"method {method} needs pairs and a reference")
-    e = spec.errors(cfg, unet, noise_scheduler, reference, batch, emb)
+    e = spec.errors(cfg, unet, noise_scheduler, reference, batch, emb, state)
     loss = spec.objective(e, cfg).mean()
     a, b = spec.names
-    diag = pair_diagnostics(e.m_a, e.r_a, e.m_b, e.r_b, cfg.beta).as_dict(a, b)
+    u = spec.logit(e, cfg).detach() if spec.logit is not None else None
+    diag = pair_diagnostics(e.m_a, e.r_a, e.m_b, e.r_b, cfg.beta, u).as_dict(a, b)
+    if spec.diagnostics is not None:
+        diag.update(spec.diagnostics(e, cfg))
     metrics = {
         "loss": loss.item(),
         **diag,
@@ -207,6 +207,14 @@ def compute_loss(
         f"ref_err_{b}": e.r_b.mean().item(),
     }
     return LossOutput(loss, metrics)
+
+
+def make_method_state(method: str, cfg: TrainingConfig, params: list[Any]) -> MethodState | None:
+    """The state a method declares it keeps across steps (None for most), built from the trainable weights."""
+    spec = PAIR_METHODS.get(method)
+    if spec is None or spec.state is None:
+        return None
+    return spec.state(cfg, params)
 
 
 def _sft(cfg: TrainingConfig, unet: Any, noise_scheduler: Any, batch: Batch, emb: Conditioning) -> LossOutput:

@@ -52,7 +52,7 @@ from spin_diffusion.training.distributed import (
 )
 from spin_diffusion.training.ema import EMA_FILE, load_ema, save_ema
 from spin_diffusion.training.loss_types import Backprop
-from spin_diffusion.training.losses import compute_loss
+from spin_diffusion.training.losses import compute_loss, make_method_state
 from spin_diffusion.training.optimizers import build_optimizer
 from spin_diffusion.training.reference import Reference
 
@@ -170,6 +170,7 @@ class Trainer:
         if self.cfg.compile:  # in place: the module (and any DDP wrapper around it) keeps its type
             self.acc.unwrap_model(self.unet).compile()
         self.ema = self._make_ema()
+        self.method_state = self._make_method_state()
         self.device = self.acc.device
         self.prompts.to(self.device)
         self._window: list[dict[str, float]] = []  # metrics of the micro-batches of this optimizer step
@@ -187,6 +188,16 @@ class Trainer:
         from diffusers.training_utils import EMAModel
 
         return EMAModel(self._trainable_parameters(), decay=self.cfg.ema_decay)
+
+    def _make_method_state(self) -> Any:
+        """What the method declares it keeps across steps (Adaptive-DPO: EMA annotators), or None."""
+        state = make_method_state(self.method, self.cfg, self._trainable_parameters())
+        if state is not None and self.sharded:
+            raise UserError(
+                f"method {self.method} keeps copies of the trainable weights across steps, which is not "
+                "supported with FSDP or DeepSpeed (each process holds a shard); use plain data parallelism"
+            )
+        return state
 
     def _trainable_parameters(self) -> list[Any]:
         return [p for p in self.acc.unwrap_model(self.unet).parameters() if p.requires_grad]
@@ -224,6 +235,8 @@ class Trainer:
             self.acc.save_state(str(tmp))
         if self.ema is not None and self.acc.is_main_process:
             save_ema(self.ema, self._trainable_names(), tmp / EMA_FILE)
+        if self.method_state is not None and self.acc.is_main_process:
+            self.method_state.save(tmp, self._trainable_names())
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             state = {"step": self.step, "micro_step": self.micro_step, "world_size": self.acc.num_processes}
@@ -296,6 +309,8 @@ class Trainer:
             self.acc.load_state(str(path))
         if self.ema is not None:
             load_ema(self.ema, self._trainable_names(), path / EMA_FILE)
+        if self.method_state is not None:
+            self.method_state.load(path, self._trainable_names())
         self.step, self.micro_step = state["step"], state["micro_step"]
         self.acc.step = self.micro_step  # the accumulation window continues where it stopped
         return step
@@ -339,7 +354,14 @@ class Trainer:
             emb = batch_conditioning(self.prompts, batch)
             with self.acc.autocast():
                 out = compute_loss(
-                    self.method, self.cfg, self.unet, self.noise_scheduler, self.reference, batch, emb
+                    self.method,
+                    self.cfg,
+                    self.unet,
+                    self.noise_scheduler,
+                    self.reference,
+                    batch,
+                    emb,
+                    self.method_state,
                 )
             self._check_finite(out.loss)
             if out.backward is None:
@@ -360,6 +382,8 @@ class Trainer:
         self.step += 1
         if self.ema is not None:
             self.ema.step(self._trainable_parameters())
+        if self.method_state is not None:
+            self.method_state.after_optimizer_step(self._trainable_parameters())
         metrics = self._step_metrics()
         metrics["lr"] = lr
         if grad_norm is not None:
