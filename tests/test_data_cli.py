@@ -124,3 +124,16 @@ def test_check_through_the_main_cli(tmp_path):
     assert "ties dropped:     3" in proc.stdout and "usable examples:  4" in proc.stdout
     assert "bad_label: 1" in proc.stdout and "pap.parquet row 7: labels (0.3, 0.7)" in proc.stdout
     assert "Traceback" not in proc.stderr
+
+
+def test_check_a_kto_run_on_single_labelled_images(tmp_path):
+    """kto with training.kto.unpaired reads an imagefolder's single images, not preference pairs."""
+    root = make_imagefolder(tmp_path / "ds", ["a red square", "a blue circle"])
+    cfg = tmp_path / "kto.yaml"
+    cfg.write_text(
+        "method: kto\ntraining:\n  kto:\n    unpaired: true\n"
+        f"data:\n  source: imagefolder\n  path: {root}\n  resolution: 32\n  label_column: label\n"
+    )
+    res = runner.invoke(app, ["check", str(cfg)])
+    assert res.exit_code == 0, res.output
+    assert "usable examples:  2" in res.output

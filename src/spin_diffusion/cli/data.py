@@ -52,7 +52,11 @@ def _read_yaml(path: Path) -> tuple[dict, bool]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: 'data' must be a mapping")
     method = str(doc.get("method", "")).lower()
-    return dict(data), method in _pair_methods()
+    training = doc.get("training") if isinstance(doc.get("training"), dict) else {}
+    kto = training.get("kto") if isinstance(training.get("kto"), dict) else {}
+    # KTO on single labelled images reads an imagefolder's single images (RunConfig.pair_data)
+    singles = method == "kto" and kto.get("unpaired") is True and data.get("source") != "pickapic"
+    return dict(data), method in _pair_methods() and not singles
 
 
 def infer_source(path: str) -> str:

@@ -31,6 +31,11 @@ class DataConfig(StrictNumbers):
         default="text", description="Caption column / metadata key ('caption' by default for pickapic)."
     )
     image_column: str = Field(default="image", description="Image column (bytes, {bytes,path} or path).")
+    label_column: str | None = Field(
+        default=None,
+        description="imagefolder: the metadata.jsonl key of each image's desirability label (true/1 "
+        "desirable, false/0 undesirable) for kto on single labelled images (training.kto.unpaired).",
+    )
     resolution: int = Field(description="Square training resolution in pixels.")
     center_crop: bool = Field(default=True, description="Centre crop; false means a seeded random crop.")
     random_flip: bool = Field(default=False, description="Horizontal flip with probability 1/2.")
@@ -89,6 +94,15 @@ class DataConfig(StrictNumbers):
         if not v.strip():
             raise ValueError("must not be empty")
         return v
+
+    @model_validator(mode="after")
+    def _labels_from_imagefolder(self) -> DataConfig:
+        if self.label_column is not None and self.source != "imagefolder":
+            raise ValueError(
+                "label_column is read from an imagefolder's metadata.jsonl; source pickapic gives per-image "
+                "labels by itself (winner desirable, loser undesirable)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _pickapic_caption_default(self) -> DataConfig:

@@ -152,4 +152,5 @@ def imagefolder_records(cfg: DataConfig) -> Iterator[Record]:
             caption=row.get(cfg.caption_column, MISSING),
             images=(name,),
             base=meta.parent,
+            label=row.get(cfg.label_column, MISSING) if cfg.label_column else MISSING,
         )

@@ -18,6 +18,11 @@ PICKAPIC_LABELS = ("label_0", "label_1")
 MISSING = object()
 
 
+def is_missing(value: Any) -> bool:
+    """True for a field a row does not have at all (not the same as a null value)."""
+    return value is MISSING
+
+
 @dataclass(frozen=True)
 class Example:
     """One usable image-caption pair; ``id`` is stable across runs (file name or file:row)."""
@@ -48,3 +53,4 @@ class Record:
     base: Path | None = None  # directory that relative image paths are resolved against
     problem: BadExample | None = None  # found without decoding (bad metadata line, bad labels)
     tie: bool = False
+    label: Any = MISSING  # imagefolder with data.label_column: the row's per-image label, as written

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from spin_diffusion.config.run import PREFERENCE_METHODS, RunConfig
+from spin_diffusion.config.run import RunConfig
 from spin_diffusion.errors import ConfigError
 from spin_diffusion.infra.atomic import write_json_atomic
 from spin_diffusion.infra.run_layout import RunLayout, iteration_name
@@ -76,7 +76,7 @@ def run(cfg: RunConfig, show_progress: bool = True) -> dict[str, Any]:
     data_cfg = cfg.data
     if cfg.method == "spin":
         family.sample_at(pipe, data_cfg.resolution)  # a real/generated pair must have one latent shape
-    pairs = cfg.method in PREFERENCE_METHODS
+    pairs = cfg.pair_data
     data_record, earlier_format = (
         record_of(data_cfg, pipe.vae, pairs),
         earlier_format_keys(data_cfg, pipe.vae, pairs),
@@ -154,7 +154,7 @@ def _prepare(
             data_cfg,
             pipe.vae,
             RunLayout(cfg.run_dir).real_latents,
-            pairs=cfg.method in PREFERENCE_METHODS,
+            pairs=cfg.pair_data,
             show_progress=show_progress and accelerator.is_main_process,
         )
     if len(cache) == 0:

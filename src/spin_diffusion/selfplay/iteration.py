@@ -23,6 +23,7 @@ from spin_diffusion.selfplay.tracking import PhaseClock, global_step_offset
 from spin_diffusion.selfplay.trained_on import check_and_record, sampler_identity
 from spin_diffusion.selfplay.training_data import training_data
 from spin_diffusion.selfplay.validation_images import ValidationSet, log_validation
+from spin_diffusion.training.labelled_data import labelled_images
 
 
 @dataclass
@@ -102,6 +103,8 @@ def build_data(ctx: RunContext, stage: _Stage, opponent: Opponent) -> tuple[Any,
 
     cfg, accelerator = ctx.cfg, ctx.accelerator
     flip = ctx.data_cfg.random_flip
+    if cfg.method == "kto" and cfg.training.kto.unpaired:  # single labelled images, the official way
+        return labelled_images(ctx.cache, ctx.data_cfg, cfg.training.kto.desirable_ratio), None
     if cfg.method not in SELF_PLAY_METHODS:
         return training_data(cfg.method, ctx.cache, flip), None
     sampled_with = sampler_identity(cfg.sampling_for(stage.k), stage.seed, opponent.fingerprint)

@@ -29,12 +29,16 @@ class Members:
     """One example's latents and, where known, each image's size and crop (SDXL's ``add_time_ids``).
 
     A size of None means "seen whole at the trained size" (a generated sample).
+    Data that draws which image an example slot shows (KTO's desirable ratio)
+    also returns that image's ``caption`` and its ``label`` (1 desirable, 0 not).
     """
 
     a: torch.Tensor
     b: torch.Tensor | None = None
     size_a: SizeCond | None = None
     size_b: SizeCond | None = None
+    caption: str | None = None
+    label: int | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,7 @@ class Batch:
     size_cond_a: list[SizeCond | None] = field(default_factory=list)  # per example; None: the trained size
     size_cond_b: list[SizeCond | None] = field(default_factory=list)
     trajectory: Trajectory | None = None
+    labels: torch.Tensor | None = None  # [B] per-image labels (KTO on single labelled images)
 
     @property
     def paired(self) -> bool:
@@ -112,24 +117,27 @@ def make_batch(
     """
     import torch
 
-    caps, lat_a, lat_b, ts, noises, size_a, size_b, orders = [], [], [], [], [], [], [], []
+    caps, lat_a, lat_b, ts, noises, size_a, size_b, orders, labels = [], [], [], [], [], [], [], [], []
     paths, schedule = [], None
     for index, epoch in items:
         gen = torch.Generator().manual_seed(example_seed(seed, index, epoch))
         got = data.latents(index, epoch, gen)
+        caption = None
         if isinstance(got, TrajectoryMembers):
             a, b, schedule = got.a.float(), None, got.schedule
             paths.append(got.trajectory.float())
             size_a.append(got.size_a)
             size_b.append(None)
         else:
-            a, b = got.a.float(), got.b
+            a, b, caption = got.a.float(), got.b, got.caption
             size_a.append(got.size_a)
             size_b.append(got.size_b)
+            if got.label is not None:
+                labels.append(got.label)
         t = int(torch.randint(0, num_train_timesteps, (1,), generator=gen))
         noise = torch.randn(a.shape, generator=gen)
         drop = caption_dropout > 0 and float(torch.rand(1, generator=gen)) < caption_dropout
-        caps.append("" if drop else data.caption(index))
+        caps.append("" if drop else (caption if caption is not None else data.caption(index)))
         lat_a.append(a)
         if b is not None:
             lat_b.append(b.float())
@@ -148,6 +156,7 @@ def make_batch(
         size_cond_a=size_a,
         size_cond_b=size_b,
         trajectory=Trajectory(torch.stack(paths), schedule, torch.stack(orders)) if paths else None,
+        labels=torch.tensor(labels, dtype=torch.long) if labels else None,
     )
 
 

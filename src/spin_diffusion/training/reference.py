@@ -53,7 +53,8 @@ class ModuleReference:
         from spin_diffusion.model.prediction import prediction_error
 
         ctx = adapters_disabled(self.unet) if self.disable_adapters else contextlib.nullcontext()
-        t2, eps2 = batch.timesteps.repeat(2), batch.noise.repeat(2, 1, 1, 1)
+        reps = len(latents) // len(batch.timesteps)  # 2 for a pair batch, 1 for single images
+        t2, eps2 = batch.timesteps.repeat(reps), batch.noise.repeat(reps, 1, 1, 1)
         with torch.no_grad(), ctx:
             return prediction_error(
                 self.unet, self.noise_scheduler, latents, emb, t2.to(latents.device), eps2.to(latents.device)
