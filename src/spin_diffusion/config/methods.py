@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator
 
@@ -87,3 +87,34 @@ class InversionConfig(Strict):
     steps: int = Field(
         10, ge=1, le=1000, description="DDIM inversion steps from the clean latent to each sample's t"
     )
+
+
+def check_family_settings(method: str, training: Any, model: Any, data: Any) -> None:
+    """Settings a family method cannot train with (docs/methods.md): one ValueError naming the field.
+
+    Inversion-DPO starts at the reference, where its gradient is exactly 0: a LoRA adapter (B = 0,
+    the reference is the same network) never leaves it, nor does full fine-tuning without weight
+    decay against a float32 reference. KTO on single images needs labelled single images.
+    """
+    if method == "kto" and training.kto.unpaired:
+        if data.source != "pickapic" and not (data.source == "imagefolder" and data.label_column):
+            raise ValueError(
+                "training.kto.unpaired: single labelled images come from an imagefolder with "
+                "data.label_column or from source pickapic"
+            )
+        if training.precompute_reference:
+            raise ValueError("training.precompute_reference: not supported for kto on single images")
+    if method != "inversion-dpo":
+        return
+    if model.lora.enabled:
+        raise ValueError(
+            "model.lora.enabled: inversion-dpo cannot train a LoRA adapter: it starts at B = 0, i.e. at "
+            "the reference, where every inverted error and its gradient is exactly 0, so it never moves "
+            "(docs/methods.md); use full fine-tuning with training.weight_decay > 0"
+        )
+    if training.weight_decay == 0 and model.reference_dtype == "float32":
+        raise ValueError(
+            "training.weight_decay: inversion-dpo starts at the reference, where its gradient is exactly "
+            "0; with a float32 reference only weight decay moves it off that point, so it must be > 0 "
+            "(docs/methods.md)"
+        )

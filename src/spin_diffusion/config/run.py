@@ -23,23 +23,15 @@ from spin_diffusion.config.methods import (
     InversionConfig,
     KtoConfig,
     SeeDpoConfig,
+    check_family_settings,
 )
 from spin_diffusion.config.overrides import apply_overrides
 from spin_diffusion.config.path_identity import path_insensitive, same_location
 from spin_diffusion.errors import ConfigError
 
 Method = Literal[
-    "sft",
-    "dpo",
-    "spin",
-    "spin-exact",
-    "dmpo",
-    "see-dpo",
-    "adaptive-dpo",
-    "adaptive-dpo-lite",
-    "kto",
-    "inversion-dpo",
-]
+    "sft", "dpo", "spin", "spin-exact", "dmpo", "see-dpo", "adaptive-dpo", "adaptive-dpo-lite", "kto", "inversion-dpo"
+]  # fmt: skip
 # Methods that train once on preference pairs against the frozen base (docs/methods.md).
 PREFERENCE_METHODS: frozenset[str] = frozenset(
     {"dpo", "dmpo", "see-dpo", "adaptive-dpo", "adaptive-dpo-lite", "kto", "inversion-dpo"}
@@ -290,28 +282,7 @@ class RunConfig(Strict):
                 "training.precompute_reference: inversion-dpo inverts each latent with the live reference "
                 "model, so its errors cannot be precomputed; set it to false"
             )
-        if self.method == "kto" and self.training.kto.unpaired:
-            source, labels = self.data.source, self.data.label_column
-            if source != "pickapic" and not (source == "imagefolder" and labels):
-                raise ValueError(
-                    "training.kto.unpaired: single labelled images come from an imagefolder with "
-                    "data.label_column or from source pickapic"
-                )
-            if self.training.precompute_reference:
-                raise ValueError("training.precompute_reference: not supported for kto on single images")
-        if self.method == "inversion-dpo" and self.model.lora.enabled:
-            raise ValueError(
-                "model.lora.enabled: inversion-dpo cannot train a LoRA adapter: it starts at B = 0, i.e. at "
-                "the reference, where every inverted error and its gradient is exactly 0, so it never moves "
-                "(docs/methods.md); use full fine-tuning with training.weight_decay > 0"
-            )
-        exact_reference = self.model.reference_dtype == "float32"
-        if self.method == "inversion-dpo" and self.training.weight_decay == 0 and exact_reference:
-            raise ValueError(
-                "training.weight_decay: inversion-dpo starts at the reference, where its gradient is exactly "
-                "0; with a float32 reference only weight decay moves it off that point, so it must be > 0 "
-                "(docs/methods.md)"
-            )
+        check_family_settings(self.method, self.training, self.model, self.data)
         return self
 
     @model_validator(mode="after")
