@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import os
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -241,7 +242,8 @@ def _bytes_to_unicode() -> dict[int, str]:
 def clip_bpe_merges(source: str | Path | None) -> list[tuple[str, str]] | None:
     """CLIP's 48,894 BPE merges from ``bpe_simple_vocab_16e6.txt.gz`` (a file, or inside an open_clip wheel).
 
-    ``None`` looks for an installed ``open_clip`` package; returns None when no source is found.
+    ``None``: the file or wheel named by ``SPIN_BENCH_CLIP_BPE``, else an installed ``open_clip``
+    package; None when there is no source.
     """
     raw: bytes | None = None
     if source is not None:
@@ -252,6 +254,8 @@ def clip_bpe_merges(source: str | Path | None) -> list[tuple[str, str]] | None:
                 raw = wheel.read(name)
         else:
             raw = path.read_bytes()
+    elif os.environ.get("SPIN_BENCH_CLIP_BPE"):
+        return clip_bpe_merges(os.environ["SPIN_BENCH_CLIP_BPE"])
     else:
         import importlib.util
 
