@@ -8,7 +8,7 @@ export TORCHINDUCTOR_CACHE_DIR := $(CURDIR)/.torchinductor
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test bench lint format install clean
+.PHONY: demo test bench bench-real gpu-check-dry-run lint format install clean
 
 $(STAMP): pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,16 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# Real-architecture memory against the floor (docs/benchmarks.md, "Real shapes"). Not in `make bench`:
+# the SD-1.5 full fine-tuning paths peak near 20 GB of RAM and take about an hour on 2 cores.
+bench-real: $(STAMP)
+	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/bench_real_shapes.py --threads 2 \
+		--json docs/benchmarks/real_shapes.json --markdown docs/benchmarks/real_shapes.md
+
+# The prepared GPU check's parts, tiny, on CPU (the GPU run itself: bash benchmarks/gpu_check.sh).
+gpu-check-dry-run: $(STAMP)
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/gpu_check.py --cpu-dry-run --out /tmp/gpu-check-dry-run
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -236,6 +236,7 @@ def main() -> None:
         "--work", type=Path, help="where pipelines and runs go (default: a temporary directory)"
     )
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path, help="also write the table (with its command) here")
     parser.add_argument("--child", choices=list(PATHS), help=argparse.SUPPRESS)
     parser.add_argument("--child-arch", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -249,9 +250,14 @@ def main() -> None:
     if args.json:
         args.json.write_text(
             json.dumps(
-                {"settings": vars(args) | {"json": None, "work": None}, "rows": rows}, indent=2, default=str
+                {"settings": vars(args) | {"json": None, "work": None, "markdown": None}, "rows": rows},
+                indent=2,
+                default=str,
             )
         )
+    if args.markdown:
+        command = " ".join(["benchmarks/bench_real_shapes.py", *sys.argv[1:]])
+        args.markdown.write_text(f"Written by `{command}` on {time.strftime('%Y-%m-%d')}.\n\n{table}\n")
     print(table)
 
 

@@ -220,6 +220,10 @@ def render_page(
                 False: " (inductor's cache was empty: this is the full one-off compile).",
                 None: ".",
             }[results["levers"].get("cache_warm")],  # fmt: skip
+            " `make bench` compiles at one shape only, the sampling UNet's (inference); the training step's "
+            "compiled row is the one last measured with `benchmarks/bench_levers.py --compile both` "
+            "(docs/benchmarks/levers_training_compile.json), shown with its date, because compiling forward and "
+            "backward alone took about 4 minutes of the 10 that `make bench` may take.",
             "",
             tables["levers"],
             "",
@@ -232,4 +236,7 @@ def render_page(
             "the table says which of them pays here and which costs.",
             "",
         ]
+    from report_real_shapes import sections
+
+    lines += sections(docs / "benchmarks")
     return "\n".join(lines)
