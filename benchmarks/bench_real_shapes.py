@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -113,6 +114,7 @@ def child(path: str, pipeline: Path, data: Path, out: Path, args: argparse.Names
     from spin_diffusion.selfplay.driver import run
 
     startup = _rss("VmRSS")
+    shutil.rmtree(out / path, ignore_errors=True)  # a finished run in a reused --work would resume as a no-op
     cfg = validate_config(run_config(path, pipeline, data, out, args), source=path)
     start = time.perf_counter()
     results = run(cfg, show_progress=False)
@@ -141,7 +143,7 @@ def lora_parameter_count(pipe_dir: Path) -> int:
     import torch
     from diffusers import UNet2DConditionModel
 
-    from spin_diffusion.model.pipelines import LoraSettings, add_lora
+    from spin_diffusion.model.lora import LoraSettings, add_lora
 
     with torch.device("meta"):
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(str(pipe_dir / "unet")))

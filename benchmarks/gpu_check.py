@@ -75,7 +75,9 @@ def step_figures(
 
     from spin_diffusion.config.run import TrainingConfig
     from spin_diffusion.model.families import prompt_encoder
-    from spin_diffusion.model.pipelines import LoraSettings, add_lora, frozen_copy, training_scheduler
+    from spin_diffusion.model.lora import LoraSettings, add_lora
+    from spin_diffusion.model.prediction import training_scheduler
+    from spin_diffusion.model.weights import frozen_copy
     from spin_diffusion.training.batches import batch_conditioning
     from spin_diffusion.training.losses import compute_loss
     from spin_diffusion.training.reference import ModuleReference

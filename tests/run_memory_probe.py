@@ -105,9 +105,10 @@ def main() -> None:
         return original_sample(pipe, ids, captions, cfg, out_dir, **kwargs)
 
     opponent_module.sample_opponent = sample
-    import spin_diffusion.model.pipelines as pipelines_module
+    import spin_diffusion.model.loading as loading_module
+    import spin_diffusion.model.weights as weights_module
 
-    original_load = pipelines_module.load_pipeline
+    original_load = loading_module.load_pipeline
     loaded: list[int] = []
     loaded_tensors: list[int] = []
 
@@ -117,8 +118,8 @@ def main() -> None:
         loaded_tensors.append(_tensor_bytes())
         return pipe
 
-    pipelines_module.load_pipeline = load
-    original_fingerprint = pipelines_module.fingerprint_module
+    loading_module.load_pipeline = load
+    original_fingerprint = weights_module.fingerprint_module
 
     def fingerprint(
         module,
@@ -126,7 +127,7 @@ def main() -> None:
         probe_point()
         return original_fingerprint(module)
 
-    pipelines_module.fingerprint_module = fingerprint
+    weights_module.fingerprint_module = fingerprint
     raw = {
         "name": "probe",
         "output_dir": out,

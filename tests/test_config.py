@@ -122,7 +122,8 @@ OLD_MAIN_RAW = {
     "name": "old-run",
     "method": "spin",
     "seed": 3,
-    "model": {"pretrained": "toy-base", "lora": {"enabled": True, "rank": 8}},
+    # reference_dtype: the old main's default, float32; the default is now auto (the same under no mixed precision)
+    "model": {"pretrained": "toy-base", "lora": {"enabled": True, "rank": 8}, "reference_dtype": "float32"},
     "data": {
         "source": "pickapic",
         "path": "pairs/*.parquet",

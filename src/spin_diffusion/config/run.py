@@ -63,9 +63,23 @@ class ModelConfig(Strict):
     revision: str | None = Field(None, description="hub revision (hub ids only)")
     lora: LoraConfig = Field(default_factory=LoraConfig)
     flow: FlowConfig = Field(default_factory=FlowConfig)
-    reference_dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        "float32", description="precision of the frozen reference copy (full fine-tuning only)"
+    reference_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto",
+        description="precision of the frozen reference (full fine-tuning only); auto: the weight dtype of "
+        "training.mixed_precision (bf16/fp16, as the official Diffusion-DPO code casts its reference), else float32",
     )
+
+    def resolved_reference_dtype(self, mixed_precision: str | None, autocast_active: bool = True) -> str:
+        """``reference_dtype`` with ``auto`` resolved against the mixed precision the run uses.
+
+        ``autocast_active`` False (accelerate runs fp16 without autocast on a CPU):
+        the trained model computes in float32, and so does the reference.
+        """
+        if self.reference_dtype != "auto":
+            return self.reference_dtype
+        if not autocast_active:
+            return "float32"
+        return {"bf16": "bfloat16", "fp16": "float16"}.get(mixed_precision or "no", "float32")
 
 
 class SamplingConfig(Strict):

@@ -206,3 +206,15 @@ def merge_lora(unet: UNet2DConditionModel) -> UNet2DConditionModel:
     unet.fuse_lora(lora_scale=1.0)
     unet.unload_lora()
     return unet
+
+
+def fold_lora(unet: UNet2DConditionModel) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Fold the LoRA into ``unet`` in place (it becomes the plain theta_k); the adapter's layers, for saving.
+
+    What a self-play iteration does with its trained LoRA: the network goes on
+    as the next opponent with no second copy, and ``save_trained_unet(folded=...)``
+    writes the file relative to the base from the returned layers.
+    """
+    layers = lora_layers(unet)
+    merge_lora(unet)
+    return layers

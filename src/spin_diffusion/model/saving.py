@@ -28,11 +28,15 @@ from spin_diffusion.model.lora import (
 )
 
 if TYPE_CHECKING:
+    import torch
     from diffusers import DiffusionPipeline, UNet2DConditionModel
 
 
 def save_trained_unet(
-    unet: UNet2DConditionModel, out_dir: Path, previous: str | os.PathLike[str] | None = None
+    unet: UNet2DConditionModel,
+    out_dir: Path,
+    previous: str | os.PathLike[str] | None = None,
+    folded: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> Path:
     """Write an ``iter-k/model`` directory that plain diffusers loads as theta_k, whichever way.
 
@@ -42,26 +46,39 @@ def save_trained_unet(
     file holds every iteration's change so far (ranks concatenated, so
     ``load_lora_weights`` on the base gives theta_k) and ``unet/`` holds the
     merged theta_k. A previous LoRA file of unknown origin is never stacked on:
-    only ``unet/`` is written then. The directory appears only when complete.
+    only ``unet/`` is written then. ``folded``: the adapter's layers when
+    :func:`~spin_diffusion.model.lora.fold_lora` has already folded it into
+    ``unet`` (theta_k is then written from ``unet`` itself, with no merged
+    copy). The directory appears only when complete.
     """
     out_dir = Path(out_dir)
     with atomic_directory(out_dir) as tmp:
-        if not has_lora(unet):
-            unet.save_pretrained(str(tmp / denoiser_component(unet)), safe_serialization=True)
+        component = denoiser_component(unet)  # unet/ or transformer/
+        if folded is not None:
+            _save_lora_iteration(folded, lambda: unet, component, tmp, out_dir, previous)
+        elif not has_lora(unet):
+            unet.save_pretrained(str(tmp / component), safe_serialization=True)
         else:
-            _save_lora_iteration(unet, tmp, out_dir, previous)
+            merged = lambda: merge_lora(copy.deepcopy(unet))  # noqa: E731 - called only when theta_k is written
+            _save_lora_iteration(lora_layers(unet), merged, component, tmp, out_dir, previous)
     return out_dir
 
 
 def _save_lora_iteration(
-    unet: UNet2DConditionModel, tmp: Path, out_dir: Path, previous: str | os.PathLike[str] | None
+    layers: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    merged: Callable[[], torch.nn.Module],
+    component: str,
+    tmp: Path,
+    out_dir: Path,
+    previous: str | os.PathLike[str] | None,
 ) -> None:
-    """The LoRA half of :func:`save_trained_unet`, written into the temporary directory ``tmp``."""
-    layers, iterations = lora_layers(unet), 1
+    """The LoRA half of :func:`save_trained_unet`, written into the temporary directory ``tmp``.
+
+    ``merged`` gives theta_k as a plain network; it is called only when ``component/`` is written.
+    """
+    iterations = 1
     if previous is not None:
-        merge_lora(copy.deepcopy(unet)).save_pretrained(
-            str(tmp / denoiser_component(unet)), safe_serialization=True
-        )
+        merged().save_pretrained(str(tmp / component), safe_serialization=True)
         prev_file = Path(previous) / LORA_WEIGHT_NAME
         prev_layers, meta = read_lora_file(prev_file) if prev_file.is_file() else ({}, {})
         if meta.get(LORA_KIND_KEY) == LORA_KIND:
@@ -75,7 +92,7 @@ def _save_lora_iteration(
             )
             layers = {}
     if layers:
-        write_lora_file(layers, tmp / LORA_WEIGHT_NAME, iterations, denoiser_component(unet))
+        write_lora_file(layers, tmp / LORA_WEIGHT_NAME, iterations, component)
 
 
 def save_full_pipeline(

@@ -18,7 +18,7 @@ from spin_diffusion.config.run import SELF_PLAY_METHODS, RunConfig
 from spin_diffusion.infra.run_layout import IterationLayout, RunLayout
 from spin_diffusion.infra.seeds import iteration_seed
 from spin_diffusion.model.families import set_denoiser
-from spin_diffusion.selfplay.opponents import merged_copy, reference_table, torch_dtype
+from spin_diffusion.selfplay.opponents import frozen_reference, reference_table, torch_dtype
 from spin_diffusion.selfplay.tracking import PhaseClock, global_step_offset
 from spin_diffusion.selfplay.trained_on import check_and_record, sampler_identity
 from spin_diffusion.selfplay.training_data import training_data
@@ -74,7 +74,7 @@ def run_iteration(ctx: RunContext, layout: RunLayout, k: int, opponent: Opponent
     caption_dropout = getattr(ctx.data_cfg, "caption_dropout", 0.0)
     stage = _Stage(k, paths, iteration_seed(cfg.seed, k), PhaseClock(), caption_dropout)
     data, samples = build_data(ctx, stage, opponent)
-    unet = trainable_copy(cfg, opponent.unet)
+    unet = trainable_model(cfg, stage.k, opponent.unet)
     reference = build_reference(ctx, stage, opponent, unet, data)
     # a LoRA on theta_{k-1} (k > 1) is saved stacked on iteration k-1's, so it is relative to the base
     previous = layout.iteration(k - 1).model if cfg.model.lora.enabled and k > 1 else None
@@ -128,12 +128,19 @@ def build_data(ctx: RunContext, stage: _Stage, opponent: Opponent) -> tuple[Any,
     return training_data(cfg.method, ctx.cache, flip, samples), samples
 
 
-def trainable_copy(cfg: RunConfig, opponent: Any) -> Any:
-    """The trained model starts from theta_{k-1}: a copy, with a fresh LoRA on it or all weights trainable."""
+def trainable_model(cfg: RunConfig, k: int, opponent: Any) -> Any:
+    """The trained model starts from theta_{k-1}, with one network per role that needs one.
+
+    LoRA trains an adapter on the opponent itself (the reference is the same
+    network with the adapter off). Full fine-tuning copies the opponent only when
+    a live reference must stay frozen beside it; SFT and a precomputed reference
+    (its errors are computed before training changes a weight) train it in place.
+    """
     from spin_diffusion.model.lora import LoraSettings, add_lora
 
-    unet = copy.deepcopy(opponent)
     lora = cfg.model.lora
+    live_reference = cfg.method != "sft" and not cfg.training_for(k).precompute_reference
+    unet = copy.deepcopy(opponent) if live_reference and not lora.enabled else opponent
     if lora.enabled:
         add_lora(unet, LoraSettings(lora.rank, lora.alpha, lora.dropout, tuple(lora.target_modules)))
     else:
@@ -143,7 +150,6 @@ def trainable_copy(cfg: RunConfig, opponent: Any) -> Any:
 
 def build_reference(ctx: RunContext, stage: _Stage, opponent: Opponent, unet: Any, data: Any) -> Any:
     """theta_{k-1} (SPIN) or theta_0 (DPO family) as the loss sees it: live, or its errors precomputed once."""
-    from spin_diffusion.model.weights import frozen_copy
     from spin_diffusion.training.reference import ModuleReference, PrecomputedReference
 
     cfg = ctx.cfg
@@ -152,17 +158,19 @@ def build_reference(ctx: RunContext, stage: _Stage, opponent: Opponent, unet: An
     if cfg.model.lora.enabled:
         reference = ModuleReference(unet, ctx.noise_scheduler, disable_adapters=True)
     else:
-        ref_dtype = torch_dtype(cfg.model.reference_dtype)
-        # the opponent is frozen already: it is the reference unless a lower precision is asked for
-        same = ref_dtype == next(opponent.unet.parameters()).dtype
-        reference = ModuleReference(
-            opponent.unet if same else frozen_copy(opponent.unet, ref_dtype), ctx.noise_scheduler
-        )
+        ref_dtype = torch_dtype(_reference_dtype(ctx, stage.k))
+        reference = ModuleReference(frozen_reference(opponent.unet, unet, ref_dtype), ctx.noise_scheduler)
     if not cfg.training_for(stage.k).precompute_reference:
         return reference
     table = _precomputed_table(ctx, stage, opponent, reference, data)
     stage.clock.lap("reference")
     return PrecomputedReference(table, source=str(stage.paths.reference_table))
+
+
+def _reference_dtype(ctx: RunContext, k: int) -> str:
+    """The frozen reference's dtype: ``model.reference_dtype``, ``auto`` resolved by the mixed precision used."""
+    autocast_active = bool(getattr(ctx.accelerator, "native_amp", False))
+    return ctx.cfg.model.resolved_reference_dtype(ctx.cfg.training_for(k).mixed_precision, autocast_active)
 
 
 def _precomputed_table(ctx: RunContext, stage: _Stage, opponent: Opponent, reference: Any, data: Any) -> Any:
@@ -175,7 +183,7 @@ def _precomputed_table(ctx: RunContext, stage: _Stage, opponent: Opponent, refer
     key = {
         "reference": opponent.fingerprint,
         "lora": cfg.model.lora.enabled,
-        "reference_dtype": cfg.model.reference_dtype,
+        "reference_dtype": _reference_dtype(ctx, stage.k),
         "mixed_precision": train_cfg.mixed_precision,
     }
     return reference_table(
@@ -244,16 +252,20 @@ def train(
 
 
 def save(ctx: RunContext, stage: _Stage, trained: Any, result: Any, previous: Path | None) -> Opponent:
-    """Write ``model/`` (loadable by diffusers) and the training summary; theta_k merged, as the next opponent."""
+    """Write ``model/`` (loadable by diffusers) and the training summary; theta_k, merged, as the next opponent."""
+    from spin_diffusion.model.lora import fold_lora, has_lora
     from spin_diffusion.model.saving import save_trained_unet
     from spin_diffusion.model.weights import fingerprint_module
     from spin_diffusion.training.trainer import write_summary
 
     accelerator = ctx.accelerator
+    # theta_k goes on as the next opponent in place: a LoRA is folded into its network (the file is
+    # written relative to the base from its layers), a fully trained network is frozen as it is
+    folded = fold_lora(trained) if has_lora(trained) else None
     if accelerator.is_main_process:
-        save_trained_unet(trained, stage.paths.model, previous=previous)
+        save_trained_unet(trained, stage.paths.model, previous=previous, folded=folded)
         write_summary(stage.paths.root, result, {"iteration": stage.k})
     accelerator.wait_for_everyone()
-    next_unet = merged_copy(trained)
+    next_unet = trained.requires_grad_(False).eval()
     stage.clock.lap("save")
     return Opponent(next_unet, fingerprint_module(next_unet))

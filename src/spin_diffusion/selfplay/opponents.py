@@ -1,18 +1,18 @@
 """The models of a self-play run: theta_k as the next opponent sees it, loaded or copied, and its reference.
 
-Only the current opponent is kept in memory (no separate copy of the base), so
-memory stays the same in every iteration. The precomputed reference-error
+Only the current opponent is kept in memory (no separate copy of the base), and
+theta_k replaces theta_{k-1} in place (folded LoRA, weights loaded tensor by
+tensor), so memory stays the same in every iteration. The precomputed reference-error
 table is cached here too: it belongs to the opponent it was computed with.
 """
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from spin_diffusion.infra.atomic import atomic_file
-from spin_diffusion.model.families import denoiser_of, set_denoiser
+from spin_diffusion.model.families import denoiser_component, denoiser_of, set_denoiser
 
 if TYPE_CHECKING:
     import torch
@@ -24,32 +24,49 @@ def torch_dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
-def merged_copy(unet: Any) -> Any:
-    """A plain UNet with any LoRA folded in: theta_k as the next opponent sees it."""
-    from spin_diffusion.model.lora import has_lora, merge_lora
+def frozen_reference(opponent: Any, trained: Any, dtype: torch.dtype) -> Any:
+    """The frozen network a full fine-tuning reference runs: the opponent, in ``dtype``.
 
-    clone = copy.deepcopy(unet)
-    if has_lora(clone):
-        clone = merge_lora(clone)
-    clone.requires_grad_(False)
-    clone.eval()
-    return clone
+    When the trained model is a copy, the opponent is cast in place (it is not
+    needed at full precision again: theta_k becomes the next opponent). When it
+    trains the opponent itself (a precomputed reference), a cast copy lives only
+    while the reference errors are computed.
+    """
+    from spin_diffusion.model.weights import frozen_copy
+
+    if next(opponent.parameters()).dtype == dtype:
+        return opponent
+    if trained is opponent:
+        return frozen_copy(opponent, dtype)
+    return opponent.to(dtype=dtype)
 
 
 def load_iteration_unet(template: Any, pipe: Any, model_dir: Path) -> Any:
-    """theta_k from a finished iteration's ``model/`` directory, as a plain (merged) UNet."""
-    from spin_diffusion.model.loading import load_trained_into
+    """theta_k from a finished iteration's ``model/`` directory, loaded into ``template`` in place.
 
-    original = denoiser_of(pipe)
-    set_denoiser(pipe, copy.deepcopy(template))
-    try:
-        load_trained_into(pipe, model_dir)
-        if getattr(denoiser_of(pipe), "peft_config", None):
-            pipe.fuse_lora()
-            pipe.unload_lora_weights()
-        unet = denoiser_of(pipe)
-    finally:
-        set_denoiser(pipe, original)
+    ``template`` is theta_{k-1}, which theta_k replaces: memory never holds both.
+    ``unet/`` (full fine-tuning; LoRA from iteration 2 on) is copied in tensor by
+    tensor; iteration 1's LoRA file is relative to the base, which ``template``
+    then is, and is folded into it.
+    """
+    from spin_diffusion.model.loading import load_trained_into
+    from spin_diffusion.model.weights import load_weights_in_place
+
+    saved = Path(model_dir) / denoiser_component(template)
+    if saved.is_dir():
+        load_weights_in_place(template, saved)
+        unet = template
+    else:
+        original = denoiser_of(pipe)
+        set_denoiser(pipe, template)
+        try:
+            load_trained_into(pipe, model_dir)
+            if getattr(denoiser_of(pipe), "peft_config", None):
+                pipe.fuse_lora()
+                pipe.unload_lora_weights()
+            unet = denoiser_of(pipe)
+        finally:
+            set_denoiser(pipe, original)
     unet.requires_grad_(False)
     unet.eval()
     return unet
