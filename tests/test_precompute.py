@@ -104,6 +104,8 @@ def test_u_is_zero_at_the_first_step_for_every_precision_and_reference_path(
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
     record = json.loads((tmp_path / "runs" / "run" / "iter-1" / "iteration.json").read_text())
     assert record["world_size"] == 1 and record["global_batch"] == 4  # batch_size 4 x 1 process x 1
+    assert record["ended"] == {"reason": "max_steps", "step": 1}
+    assert "| 1 | 1 | max_steps |" in (tmp_path / "runs" / "run" / "results.md").read_text()
 
 
 # --------------------------------------------------------------------------- only what is visited, split, resumable
@@ -141,17 +143,19 @@ def _precompute(pipe, reference, plan: ReferencePlan, chunk_dir: Path, rank: int
     )
 
 
-def _live(pipe, reference: ModuleReference, items) -> torch.Tensor:
-    batch = make_batch(SyntheticPairs(), items, seed=3, num_train_timesteps=1000)
+def _live(pipe, reference: ModuleReference, items, pair_noise: str = "shared") -> torch.Tensor:
+    batch = make_batch(SyntheticPairs(), items, seed=3, num_train_timesteps=1000, pair_noise=pair_noise)
     emb = Conditioning(encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions))
     err = reference.errors(batch, torch.cat([batch.latents_a, batch.latents_b]), emb.pair())
     return torch.stack([err[: len(items)], err[len(items) :]], dim=1)
 
 
-def test_precompute_computes_only_the_items_the_steps_visit(pipe, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pair_noise", ["shared", "independent"])
+def test_precompute_computes_only_the_items_the_steps_visit(pipe, tmp_path: Path, pair_noise: str) -> None:
     ref = CountingReference(ModuleReference(frozen_copy(pipe.unet), training_scheduler(pipe)))
-    cfg = TrainingConfig(max_steps=2, batch_size=2, gradient_accumulation_steps=2)  # 4 micro-steps of 2
-    plan = ReferencePlan.for_training(6, cfg, world_size=1, seed=3)
+    cfg = TrainingConfig(max_steps=2, batch_size=2, gradient_accumulation_steps=2, pair_noise=pair_noise)
+    plan = ReferencePlan.for_training(6, cfg, world_size=1, seed=3)  # 4 micro-steps of 2
+    assert plan.pair_noise == pair_noise and ("pair_noise" in plan.identity()) == (pair_noise != "shared")
     table = _precompute(pipe, ref, plan, tmp_path / "chunks")
     visited = [micro_batch_items(6, m, batch_size=2, rank=0, world_size=1, seed=3) for m in range(4)]
     # 6 examples, 2 per micro-step: 3 micro-steps per epoch, so epoch 1 is visited for one micro-batch only
@@ -161,9 +165,13 @@ def test_precompute_computes_only_the_items_the_steps_visit(pipe, tmp_path: Path
         for i in range(6):
             assert bool(table[e, i].isnan().all()) != ((i, e) in wanted)
     for items in visited:  # the numbers a live reference gives for the same micro-batch
-        expected = _live(pipe, ref.inner, items)
+        expected = _live(pipe, ref.inner, items, pair_noise)
         for k, (i, e) in enumerate(items):
             torch.testing.assert_close(table[e, i], expected[k], rtol=0, atol=0)
+        # the real member's noise is the same draw in both settings, the generated member's is not
+        other = _live(pipe, ref.inner, items, "independent" if pair_noise == "shared" else "shared")
+        torch.testing.assert_close(other[:, 0], expected[:, 0], rtol=0, atol=0)
+        assert not torch.equal(other[:, 1], expected[:, 1])
 
 
 def test_precompute_is_split_across_ranks_and_resumes_by_chunk(pipe, tmp_path: Path) -> None:

@@ -89,16 +89,19 @@ def test_batches_share_t_and_noise_between_members_and_are_reproducible() -> Non
     assert not torch.equal(b3.noise[0], b1.noise[0])  # another epoch, another draw
 
 
-def test_precomputed_reference_gives_the_same_loss(pipe, tmp_path: Path) -> None:
+@pytest.mark.parametrize("pair_noise", ["shared", "independent"])
+def test_precomputed_reference_gives_the_same_loss(pipe, tmp_path: Path, pair_noise: str) -> None:
     sched = training_scheduler(pipe)
     data = SyntheticPairs()
-    cfg = TrainingConfig(beta=500.0)
+    cfg = TrainingConfig(beta=500.0, pair_noise=pair_noise)
     model = frozen_copy(pipe.unet)
     with torch.no_grad():  # make the trained model differ from the reference
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
     ref = ModuleReference(frozen_copy(pipe.unet), sched)
-    plan = ReferencePlan(num_examples=6, micro_steps=4, batch_size=3, world_size=1, seed=3)
+    plan = ReferencePlan(
+        num_examples=6, micro_steps=4, batch_size=3, world_size=1, seed=3, pair_noise=pair_noise
+    )
     table = precompute_reference_errors(
         ref,
         data,
@@ -113,7 +116,8 @@ def test_precomputed_reference_gives_the_same_loss(pipe, tmp_path: Path) -> None
     )
     assert table.shape == (2, 6, 2) and not table.isnan().any()  # two micro-batches per epoch
     items = micro_batch_items(6, 2, batch_size=3, rank=0, world_size=1, seed=3)  # a batch of epoch 1
-    batch = make_batch(data, items, seed=3, num_train_timesteps=1000)
+    batch = make_batch(data, items, seed=3, num_train_timesteps=1000, pair_noise=pair_noise)
+    assert (batch.noise_b is not None) == (pair_noise == "independent")
     emb = Conditioning(encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions))
     live = compute_loss("spin", cfg, model, sched, ref, batch, emb)
     pre = compute_loss("spin", cfg, model, sched, PrecomputedReference(table), batch, emb)

@@ -23,6 +23,7 @@ from spin_diffusion.config.run import (
     SamplingConfig,
     TrainingConfig,
 )
+from spin_diffusion.config.stopping import StopWhenConfig
 
 
 def config_reference_markdown() -> str:
@@ -34,6 +35,7 @@ def config_reference_markdown() -> str:
         ("model.flow", FlowConfig),
         ("sampling", SamplingConfig),
         ("training", TrainingConfig),
+        ("training.stop_when", StopWhenConfig),
         ("training.dmpo", DmpoConfig),
         ("training.see_dpo", SeeDpoConfig),
         ("training.adaptive_dpo", AdaptiveDpoConfig),

@@ -27,6 +27,7 @@ from spin_diffusion.config.methods import (
 )
 from spin_diffusion.config.overrides import apply_overrides
 from spin_diffusion.config.path_identity import path_insensitive, same_location
+from spin_diffusion.config.stopping import StopWhenConfig
 from spin_diffusion.errors import ConfigError
 
 Method = Literal[
@@ -118,7 +119,10 @@ class TrainingConfig(Strict):
         "linear", description="decay after warm-up (linear: to 0 at max_steps)"
     )
     warmup_steps: int = Field(0, ge=0, description="linear warm-up, in optimizer steps")
-    max_steps: int = Field(100, ge=1, description="optimizer steps per iteration")
+    max_steps: int = Field(100, ge=1, description="optimizer steps per iteration (the cap, with stop_when)")
+    stop_when: StopWhenConfig | None = Field(
+        None, description="end an iteration early when the opponent is beaten; null: run max_steps"
+    )
     batch_size: int = Field(8, ge=1, description="pairs (or images for SFT) per process per micro-step")
     gradient_accumulation_steps: int = Field(1, ge=1, description="micro-steps per optimizer step")
     global_batch_size: int | None = Field(
@@ -159,6 +163,13 @@ class TrainingConfig(Strict):
     )
     loss_type: Literal["logistic", "hinge", "correlation"] = Field(
         "logistic", description="l(u): -logsigmoid(u), max(0, 1-u) or 1-u"
+    )
+    pair_noise: Literal["shared", "independent"] = Field(
+        "shared",
+        description="pairwise methods: one noise draw for both members of a pair (shared, the Diffusion-DPO "
+        "habit, lower variance) or one each (independent, the SPIN paper's eq. 4.9 as written); both "
+        "members always share t. A different expected loss, since l is non-linear; shared is the default "
+        "until a study decides. spin-exact's generated member is the sampler's own trajectory either way",
     )
     snr_gamma: float | None = Field(None, gt=0, description="min-SNR-gamma weighting for SFT; null disables")
     error_space: Literal["native", "epsilon"] = Field(
@@ -291,6 +302,8 @@ class RunConfig(Strict):
             raise ValueError("iterations must list at least one iteration (use [{}] for defaults)")
         if self.method not in SELF_PLAY_METHODS and len(self.iterations) != 1:
             raise ValueError(f"method {self.method} trains once: iterations must have exactly one entry")
+        if self.method == "sft" and self.training.stop_when and self.training.stop_when.implicit_acc:
+            raise ValueError("training.stop_when.implicit_acc: sft has no implicit accuracy; use loss")
         if self.method == "inversion-dpo" and self.training.precompute_reference:
             raise ValueError(
                 "training.precompute_reference: inversion-dpo inverts each latent with the live reference "

@@ -83,6 +83,7 @@ def run_iteration(ctx: RunContext, layout: RunLayout, k: int, opponent: Opponent
     summary = {
         "iteration": k,
         "steps": result.steps,
+        "ended": result.ended,  # max_steps, or why training.stop_when ended it early
         "resumed_from": result.resumed_from,
         "final_metrics": result.final_metrics,
         "training": cfg.training_for(k).model_dump(mode="json"),

@@ -12,15 +12,16 @@ def render_results_md(results: dict[str, Any], evaluation_md: str | None = None)
     """Training diagnostics per iteration, followed by the evaluation harness's tables when there are any."""
     lines = [f"# {results['name']} ({results['method']})", ""]
     lines += [
-        "| iteration | steps | loss | implicit acc | d_real / d_win | d_gen / d_lose |",
-        "|---|---|---|---|---|---|",
+        "| iteration | steps | ended by | loss | implicit acc | d_real / d_win | d_gen / d_lose |",
+        "|---|---|---|---|---|---|---|",
     ]
     for it in results["iterations"]:
         m = it.get("final_metrics", {})
         d_a = m.get("d_real", m.get("d_win"))
         d_b = m.get("d_gen", m.get("d_lose"))
         lines.append(
-            f"| {it['iteration']} | {it['steps']} | {_fmt(m.get('loss'))} | {_fmt(m.get('implicit_acc'))} "
+            f"| {it['iteration']} | {it['steps']} | {(it.get('ended') or {}).get('reason', '-')} "
+            f"| {_fmt(m.get('loss'))} | {_fmt(m.get('implicit_acc'))} "
             f"| {_fmt(d_a)} | {_fmt(d_b)} |"
         )
     if evaluation_md:

@@ -5,6 +5,12 @@ dropout, which opponent sample it is paired with) comes from a seed derived
 from (run seed, example index, epoch), and the order of examples from a seeded
 per-epoch permutation: a run resumes exactly from a micro-step count, and the
 reference errors can be computed ahead of time with identical results.
+
+A pair's two members share one timestep always, and one noise draw under
+``pair_noise="shared"`` (the Diffusion-DPO habit); under ``"independent"`` (the
+SPIN paper's eq. 4.9) the second member gets its own draw, taken from the same
+example generator after every other draw, so the timestep, the first member's
+noise and the caption dropout are the same numbers in both settings.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from spin_diffusion.infra.seeds import example_seed
 
@@ -22,6 +28,9 @@ if TYPE_CHECKING:
 
     from spin_diffusion.model.families import Conditioning, PromptEncoder, SizeCond
     from spin_diffusion.sampling.trajectories import SolverSchedule
+
+
+PairNoise = Literal["shared", "independent"]
 
 
 @dataclass(frozen=True)
@@ -90,16 +99,23 @@ class Batch:
     latents_a: torch.Tensor
     latents_b: torch.Tensor | None
     timesteps: torch.Tensor
-    noise: torch.Tensor
+    noise: torch.Tensor  # the first (real / winner) member's noise; the second's too when shared
     size_cond_a: list[SizeCond | None] = field(default_factory=list)  # per example; None: the trained size
     size_cond_b: list[SizeCond | None] = field(default_factory=list)
     trajectory: Trajectory | None = None
     labels: torch.Tensor | None = None  # [B] per-image labels (KTO on single labelled images)
+    noise_b: torch.Tensor | None = None  # the second member's own noise (pair_noise: independent)
 
     @property
     def paired(self) -> bool:
         """Whether each example has a second member: a latent or a trajectory."""
         return self.latents_b is not None or self.trajectory is not None
+
+    def pair_noise(self) -> torch.Tensor:
+        """The noise of the doubled batch ``[a; b]``: the second half is ``noise_b`` when it has its own."""
+        import torch
+
+        return torch.cat([self.noise, self.noise if self.noise_b is None else self.noise_b])
 
 
 def make_batch(
@@ -109,16 +125,22 @@ def make_batch(
     seed: int,
     num_train_timesteps: int,
     caption_dropout: float = 0.0,
+    pair_noise: PairNoise = "shared",
 ) -> Batch:
     """Assemble a batch of (index, epoch) items with per-item seeded t, noise and choices.
 
     An item with a trajectory (:class:`TrajectoryMembers`) also gets a seeded
     order of its solver steps, drawn last so the other draws do not change.
+    ``pair_noise="independent"`` gives a pair's second latent its own noise
+    (drawn after all of that); a trajectory's generated member has no noise
+    draw (its noisy latents are the sampler's own), so there it changes nothing.
     """
     import torch
 
+    if pair_noise not in ("shared", "independent"):
+        raise ValueError(f"pair_noise must be 'shared' or 'independent', got {pair_noise!r}")
     caps, lat_a, lat_b, ts, noises, size_a, size_b, orders, labels = [], [], [], [], [], [], [], [], []
-    paths, schedule = [], None
+    paths, schedule, noises_b = [], None, []
     for index, epoch in items:
         gen = torch.Generator().manual_seed(example_seed(seed, index, epoch))
         got = data.latents(index, epoch, gen)
@@ -145,6 +167,8 @@ def make_batch(
         noises.append(noise)
         if isinstance(got, TrajectoryMembers):
             orders.append(torch.randperm(got.schedule.num_steps, generator=gen))
+        if pair_noise == "independent" and b is not None:
+            noises_b.append(torch.randn(b.shape, generator=gen))
     return Batch(
         indices=[i for i, _ in items],
         epoch=[e for _, e in items],
@@ -157,6 +181,7 @@ def make_batch(
         size_cond_b=size_b,
         trajectory=Trajectory(torch.stack(paths), schedule, torch.stack(orders)) if paths else None,
         labels=torch.tensor(labels, dtype=torch.long) if labels else None,
+        noise_b=torch.stack(noises_b) if noises_b else None,
     )
 
 

@@ -51,7 +51,8 @@ def forward_noised_errors(
     emb: Conditioning,
     state: MethodState | None = None,
 ) -> PairErrors:
-    """Both members noised with the pair's shared ``t`` and noise; one forward of the model on the pair.
+    """Both members noised with the pair's shared ``t`` and its noise (one draw, or one each under
+    ``pair_noise: independent``); one forward of the model on the pair.
 
     ``training.error_space: epsilon`` turns a v-prediction model's errors into
     epsilon-space errors (:func:`spin_diffusion.objectives.core.epsilon_space_factor`).
@@ -61,7 +62,7 @@ def forward_noised_errors(
     b, device = len(batch.indices), emb.device
     latents = torch.cat([batch.latents_a, batch.latents_b]).to(device)
     emb2 = emb.pair()  # each pair member keeps its own SDXL size conditioning
-    t2, eps2 = batch.timesteps.repeat(2).to(device), batch.noise.repeat(2, 1, 1, 1).to(device)
+    t2, eps2 = batch.timesteps.repeat(2).to(device), batch.pair_noise().to(device)
     scale = error_space_scale(cfg, noise_scheduler, t2)
     model_err = prediction_error(unet, noise_scheduler, latents, emb2, t2, eps2) * scale
     ref_err = reference.errors(batch, latents, emb2).detach() * scale
@@ -130,7 +131,7 @@ def model_pair_errors(
 
     b, device = len(batch.indices), emb.device
     latents = torch.cat([batch.latents_a, batch.latents_b]).to(device)
-    t2, eps2 = batch.timesteps.repeat(2).to(device), batch.noise.repeat(2, 1, 1, 1).to(device)
+    t2, eps2 = batch.timesteps.repeat(2).to(device), batch.pair_noise().to(device)
     err = prediction_error(unet, noise_scheduler, latents, emb.pair(), t2, eps2)
     err = err * error_space_scale(cfg, noise_scheduler, t2)
     return err[:b], err[b:]

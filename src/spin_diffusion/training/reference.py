@@ -19,6 +19,7 @@ from spin_diffusion.errors import CheckpointError
 from spin_diffusion.infra.shards import read_shard, shard_metadata_or_none, shard_name, write_shard
 from spin_diffusion.training.batches import (
     Batch,
+    PairNoise,
     TrainingData,
     batch_conditioning,
     make_batch,
@@ -54,7 +55,8 @@ class ModuleReference:
 
         ctx = adapters_disabled(self.unet) if self.disable_adapters else contextlib.nullcontext()
         reps = len(latents) // len(batch.timesteps)  # 2 for a pair batch, 1 for single images
-        t2, eps2 = batch.timesteps.repeat(reps), batch.noise.repeat(reps, 1, 1, 1)
+        t2 = batch.timesteps.repeat(reps)
+        eps2 = batch.pair_noise() if reps == 2 else batch.noise  # the pair's noise: shared or one each
         with torch.no_grad(), ctx:
             return prediction_error(
                 self.unet, self.noise_scheduler, latents, emb, t2.to(latents.device), eps2.to(latents.device)
@@ -119,23 +121,33 @@ class ReferencePlan:
     batch_size: int
     world_size: int
     seed: int
+    pair_noise: PairNoise = "shared"  # the noise each member is scored at (training.pair_noise)
 
     @classmethod
     def for_training(
         cls, num_examples: int, cfg: TrainingConfig, world_size: int, seed: int
     ) -> ReferencePlan:
         accumulation = cfg.accumulation_steps(world_size)
-        return cls(num_examples, cfg.max_steps * accumulation, cfg.batch_size, world_size, seed)
+        return cls(
+            num_examples, cfg.max_steps * accumulation, cfg.batch_size, world_size, seed, cfg.pair_noise
+        )
 
-    def identity(self) -> dict[str, int]:
-        """What decides which items are visited and how they are batched."""
-        return {
+    def identity(self) -> dict[str, int | str]:
+        """What decides which items are visited, how they are batched and at which noise.
+
+        ``pair_noise`` enters only when it is ``independent``: every table made before the
+        setting existed used shared noise and keeps its key (such runs resume without recomputing).
+        """
+        out: dict[str, int | str] = {
             "num_examples": self.num_examples,
             "micro_steps": self.micro_steps,
             "batch_size": self.batch_size,
             "world_size": self.world_size,
             "seed": self.seed,
         }
+        if self.pair_noise != "shared":
+            out["pair_noise"] = self.pair_noise
+        return out
 
     @property
     def epochs(self) -> int:
@@ -168,8 +180,9 @@ def reference_batch_errors(
     num_train_timesteps: int,
     caption_dropout: float,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    pair_noise: PairNoise = "shared",
 ) -> dict[str, torch.Tensor]:
-    """Reference errors of whole micro-batches, under the autocast training uses.
+    """Reference errors of whole micro-batches, under the autocast and pair noise training uses.
 
     Returns ``epoch`` and ``index`` ([M] int64) and ``errors`` ([M, 2] float32).
     """
@@ -179,7 +192,12 @@ def reference_batch_errors(
     device = next(reference.unet.parameters()).device
     for items in micro_batches:
         batch = make_batch(
-            data, items, seed=seed, num_train_timesteps=num_train_timesteps, caption_dropout=caption_dropout
+            data,
+            items,
+            seed=seed,
+            num_train_timesteps=num_train_timesteps,
+            caption_dropout=caption_dropout,
+            pair_noise=pair_noise,
         )
         emb = batch_conditioning(prompts, batch)
         lat = torch.cat([batch.latents_a, batch.latents_b]).to(device)
@@ -280,6 +298,7 @@ def precompute_reference_errors(
             num_train_timesteps=num_train_timesteps,
             caption_dropout=caption_dropout,
             autocast=autocast,
+            pair_noise=plan.pair_noise,
         )
         meta = {"key": chunk_key, "micro_steps": f"{s}:{e}", "rank": str(rank)}
         write_shard(chunk_dir / shard_name(c, CHUNK_PREFIX), part, meta)

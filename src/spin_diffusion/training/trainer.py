@@ -55,6 +55,7 @@ from spin_diffusion.training.loss_types import Backprop
 from spin_diffusion.training.losses import compute_loss, make_method_state
 from spin_diffusion.training.optimizers import build_optimizer
 from spin_diffusion.training.reference import Reference
+from spin_diffusion.training.stopping import StopRule, ran_to_the_cap
 
 if TYPE_CHECKING:
     from accelerate import Accelerator
@@ -96,6 +97,7 @@ class TrainResult:
     world_size: int
     rank_fingerprints: list[str]
     global_batch: int = 0  # examples per optimizer step: batch_size x processes x accumulation
+    ended: dict[str, Any] | None = None  # why the iteration ended: max_steps, or the stop_when verdict
 
 
 class Trainer:
@@ -175,6 +177,7 @@ class Trainer:
         self.prompts.to(self.device)
         self._window: list[dict[str, float]] = []  # metrics of the micro-batches of this optimizer step
         self.final_unet: Any = None  # the trained model as a plain module, set at the end of train()
+        self.stop_rule = StopRule.from_config(self.cfg.stop_when)  # None: run max_steps
 
     def _make_ema(self) -> Any:
         """EMA of the trainable weights only (LoRA: the adapter), so it costs what they cost."""
@@ -240,6 +243,8 @@ class Trainer:
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             state = {"step": self.step, "micro_step": self.micro_step, "world_size": self.acc.num_processes}
+            if self.stop_rule is not None:  # the window of numbers the stopping decision reads
+                state["stop_window"] = self.stop_rule.state()
             (tmp / TRAIN_STATE).write_text(json.dumps(state))
             write_complete_marker(tmp)
 
@@ -313,6 +318,8 @@ class Trainer:
             self.method_state.load(path, self._trainable_names())
         self.step, self.micro_step = state["step"], state["micro_step"]
         self.acc.step = self.micro_step  # the accumulation window continues where it stopped
+        if self.stop_rule is not None:
+            self.stop_rule.load(state.get("stop_window"))
         return step
 
     # -- one step
@@ -332,6 +339,7 @@ class Trainer:
             seed=self.seed,
             num_train_timesteps=self.noise_scheduler.config.num_train_timesteps,
             caption_dropout=self.caption_dropout,
+            pair_noise=self.cfg.pair_noise,
         )
 
     def set_lr(self) -> float:
@@ -457,8 +465,9 @@ class Trainer:
             unit="step",
             disable=not (self.show_progress and self.acc.is_main_process),
         )
+        ended = self.stop_rule.decide() if self.stop_rule is not None else None
         with StopFlag() as stop, bar:
-            while self.step < self.cfg.max_steps:
+            while self.step < self.cfg.max_steps and ended is None:
                 step_metrics = self.train_step()
                 if step_metrics is None:
                     continue
@@ -475,6 +484,11 @@ class Trainer:
                     self.on_step(self)
                 if self.cfg.save_model_every and self.step % self.cfg.save_model_every == 0:
                     self.save_snapshot()
+                if self.stop_rule is not None and (ended := self.stop_rule.observe(self.step, metrics)):
+                    log.info(
+                        "%s: opponent beaten at step %d (%s)", self.out_dir.name, self.step, ended["reason"]
+                    )
+                    break
                 interrupted = self._any_process_flag(stop.signal is not None)
                 if interrupted or self.step % self.cfg.checkpointing_steps == 0:
                     path = self.save_checkpoint()
@@ -492,6 +506,7 @@ class Trainer:
             world_size=self.acc.num_processes,
             rank_fingerprints=self._rank_fingerprints(),
             global_batch=self.global_batch,
+            ended=ended or ran_to_the_cap(self.step),
         )
 
     def _any_process_flag(self, flag: bool) -> bool:
@@ -530,6 +545,7 @@ def write_summary(out_dir: Path, result: TrainResult, extra: dict[str, Any] | No
         "world_size": result.world_size,
         "global_batch": result.global_batch,
         "rank_fingerprints": result.rank_fingerprints,
+        "ended": result.ended,
         **(extra or {}),
     }
     write_json_atomic(out_dir / SUMMARY, data)
