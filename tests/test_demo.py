@@ -18,5 +18,8 @@ def test_quick_demo_prints_the_table(tmp_path: Path, capsys) -> None:
     assert curated > 0.95 and base < curated - 0.3  # the base is clearly below the data it will learn from
     assert rows["spin-2"][-3].strip().endswith("%")  # win rate against the base
     assert rows["spin-2"][-1].strip().endswith("%")  # and against DPO
+    attributes = (tmp_path / "demo-quick" / "demo_attributes.md").read_text()
+    assert attributes in out and "| colour |" in attributes and "| empty images |" in attributes
+    assert [line.split("|")[1].strip() for line in attributes.splitlines()[2:]] == list(rows)[1:]
     assert (tmp_path / "demo-quick" / "seed-0" / "eval" / "grid.png").is_file()
     assert (tmp_path / "demo-quick" / "plots" / "curves.png").is_file()

@@ -14,33 +14,64 @@ if TYPE_CHECKING:
 
 CELL = 256  # grid cells are shown at most this big
 MIN_CELL = 96  # and tiny (toy) images are enlarged to at least this
+CAPTIONED_MIN_CELL = 128  # with prompts under the images: room for a readable line of text
+CAPTION_FONT_PX = 11
 
 
 def labelled_grid(
-    rows: dict[str, Sequence[Image.Image]], cell: int = CELL, min_cell: int = MIN_CELL
+    rows: dict[str, Sequence[Image.Image]],
+    cell: int = CELL,
+    min_cell: int = MIN_CELL,
+    captions: Sequence[str] | None = None,
 ) -> Image.Image:
-    """One row per model (same prompts and seeds in each column), model names on the left."""
-    from PIL import Image, ImageDraw
+    """One row per model (same prompts and seeds in each column), model names on the left.
+
+    ``captions`` (one per column, the prompt) are written under every image, wrapped to the
+    cell's width; tiny images are then enlarged to at least ``CAPTIONED_MIN_CELL`` pixels
+    (nearest-neighbour, so the toy's 32x32 pixels stay sharp) to leave room for the text.
+    """
+    from PIL import Image, ImageDraw, ImageFont
 
     if not rows or not any(rows.values()):
         raise ValueError("no images for the grid")
+    if captions is not None:
+        min_cell = max(min_cell, CAPTIONED_MIN_CELL)
     first = next(im for ims in rows.values() for im in ims)
     w, h = first.size
     scale = min(cell / max(w, h), max(1.0, min_cell / max(w, h)))
     cw, ch = max(1, round(w * scale)), max(1, round(h * scale))
+    font = ImageFont.load_default(size=CAPTION_FONT_PX)
+    wrapped = [_wrap(text, font, cw) for text in captions] if captions is not None else []
+    line_h = CAPTION_FONT_PX + 2
+    text_h = (max(len(lines) for lines in wrapped) * line_h + 4) if wrapped else 0
     label_w = 8 + 7 * max(len(n) for n in rows)
     cols = max(len(ims) for ims in rows.values())
     gap = 2
-    grid = Image.new("RGB", (label_w + cols * (cw + gap), len(rows) * (ch + gap)), "white")
+    row_h = ch + text_h + gap
+    grid = Image.new("RGB", (label_w + cols * (cw + gap), len(rows) * row_h), "white")
     draw = ImageDraw.Draw(grid)
+    resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BICUBIC
     for r, (name, ims) in enumerate(rows.items()):
-        draw.text((4, r * (ch + gap) + ch // 2 - 5), name, fill="black")
+        top = r * row_h
+        draw.text((4, top + ch // 2 - 5), name, fill="black")
         for c, im in enumerate(ims):
-            resample = Image.Resampling.NEAREST if scale > 1 else Image.Resampling.BICUBIC
-            grid.paste(
-                im.convert("RGB").resize((cw, ch), resample), (label_w + c * (cw + gap), r * (ch + gap))
-            )
+            left = label_w + c * (cw + gap)
+            grid.paste(im.convert("RGB").resize((cw, ch), resample), (left, top))
+            for i, line in enumerate(wrapped[c] if c < len(wrapped) else []):
+                draw.text((left + 1, top + ch + 2 + i * line_h), line, fill="black", font=font)
     return grid
+
+
+def _wrap(text: str, font: Any, width: int) -> list[str]:
+    """``text`` broken at spaces into lines no wider than ``width`` pixels (a long word stands alone)."""
+    lines: list[str] = []
+    for word in text.split():
+        candidate = f"{lines[-1]} {word}" if lines else word
+        if lines and font.getlength(candidate) <= width - 2:
+            lines[-1] = candidate
+        else:
+            lines.append(word)
+    return lines or [""]
 
 
 def _save_fig(fig: Any, path: Path) -> None:

@@ -107,7 +107,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         t_cols = list(dict.fromkeys(k for row in toy.values() for k in row))
         out += ["## Toy oracle set metrics", ""]
         out += [
-            "open_tv_*: distance of unprompted attributes from the data's (lower is better); diversity_*: higher.",
+            "open_tv_*: distance of unprompted attributes from the data's (lower is better); diversity_*: higher; "
+            "attr_*: share of the oracle's checks of that kind passed; objects_found_per_asked: objects "
+            "detected / prompted; empty_share: images with no object found.",
             "",
         ]
         out += [*_table(toy, t_cols, ".4f", best=None), ""]

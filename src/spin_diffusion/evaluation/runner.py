@@ -333,7 +333,7 @@ def _evaluate_locked(
     if cfg.grid_prompts > 0:
         shown = list(dict.fromkeys(prompts))[: cfg.grid_prompts]
         rows = {n: [open_image(store.image_path(n, prompt_id(p), 0)) for p in shown] for n in names}
-        grid = plots.labelled_grid(rows)
+        grid = plots.labelled_grid(rows, captions=shown)  # the prompt under each image
         save_image_atomic(grid, store.root / "grid.png")
         artefacts["grid"] = "grid.png"
 

@@ -15,6 +15,7 @@ from spin_diffusion.evaluation import distribution as dist
 from spin_diffusion.evaluation.store import EvalStore, open_image, prompt_id
 from spin_diffusion.infra.atomic import write_json_atomic
 from spin_diffusion.toy import oracle
+from spin_diffusion.toy.diagnostics import fidelity_breakdown
 
 log = logging.getLogger("spin_diffusion.evaluation")
 
@@ -73,10 +74,13 @@ def distribution_per_model(
 def toy_set_metrics(
     store: EvalStore, models: list[str], prompts: list[str], cfg: EvaluationConfig
 ) -> dict[str, dict[str, float]]:
-    """The toy oracle's set-level numbers per model (open-attribute TV distance, diversity)."""
+    """The toy oracle's set-level numbers per model (open-attribute TV distance, diversity) and its
+    fidelity checks by attribute (count, colour, ..., objects found per asked, empty images)."""
     out = {}
     for name in models:
         pairs = [(p, j) for p in prompts for j in range(cfg.n_images_per_prompt)]
         images = [open_image(store.image_path(name, prompt_id(p), j)) for p, j in pairs]
-        out[name] = {k: float(v) for k, v in oracle.set_metrics(images, [p for p, _ in pairs]).items()}
+        texts = [p for p, _ in pairs]
+        values = {**oracle.set_metrics(images, texts), **fidelity_breakdown(images, texts)}
+        out[name] = {k: float(v) for k, v in values.items()}
     return out

@@ -70,7 +70,7 @@ def curated_reference(curated_dir: Path, limit: int = 200) -> dict[str, float]:
 def run_demo(output_dir: Path = Path("runs"), iterations: int = 3, quick: bool = False) -> dict[str, Any]:
     """Run the short reproduction (base, SFT, DPO, SPIN iterations) and print its table."""
     from spin_diffusion.studies.reproduce import reproduce
-    from spin_diffusion.studies.tables import results_table
+    from spin_diffusion.studies.tables import attribute_table, results_table
     from spin_diffusion.toy import base_model_path
 
     if not (base_model_path() / "model_index.json").is_file():
@@ -87,6 +87,8 @@ def run_demo(output_dir: Path = Path("runs"), iterations: int = 3, quick: bool =
     curated_row = f"| curated data | - | {curated['toy_fidelity']:.3f} | {curated['toy_style']:.3f} | - | - | - | - | - | - | - |"
     table = "\n".join(results_table(study, result["seeds"], [curated_row])) + "\n"
     write_text_atomic(out / "demo_table.md", table)
+    attributes = "\n".join(attribute_table(study, result["seeds"])) + "\n"
+    write_text_atomic(out / "demo_attributes.md", attributes)
     print()
     print(
         f"Base, SFT, Diffusion-DPO and {iterations} SPIN iterations on the same {study.pairs} toy "
@@ -94,6 +96,11 @@ def run_demo(output_dir: Path = Path("runs"), iterations: int = 3, quick: bool =
         f"x {study.images_per_prompt} images (one seed; the multi-seed study is docs/results.md):"
     )
     print(table)
+    print(
+        "Prompt fidelity by attribute (share of the oracle's checks passed; objects found per object asked;"
+    )
+    print("images with no object found):")
+    print(attributes)
     print(
         f"study directory: {out}  (curves: {out / 'plots' / 'curves.png'}, grid: {out / 'seed-0' / 'eval' / 'grid.png'})"
     )
