@@ -58,6 +58,14 @@ def test_study_writes_the_table_curves_and_every_model(study) -> None:
     assert result["seeds"][0]["sft_best"] in ("sft-2", "sft-4")
     assert set(result["seeds"][0]["drift"]) == {"spin-1", "spin-2"}
     assert "win_vs_dpo" in models["spin-2"] and "win_vs_sft_best" in models["spin-2"]
+    # where the fidelity goes: the oracle's checks by attribute, per model and in the report
+    assert 0.0 <= models["spin-2"]["attr_colour"] <= 1.0 and 0.0 <= models["base"]["empty_share"] <= 1.0
+    assert "## Prompt fidelity by attribute" in report and "| objects found / asked |" in report
+    # where the time went, from the runs' own records and the timed evaluation
+    seconds = result["seeds"][0]["seconds"]
+    assert set(seconds) == {"sft", "dpo", "spin", "spin-continued", "evaluation"}
+    assert seconds["spin"]["opponent sampling"] > 0 and seconds["evaluation"]["evaluation"] > 0
+    assert "## Where the time went" in report and "| opponent sampling |" in report
 
 
 def test_ablation_is_iteration_one_run_longer(study) -> None:
@@ -103,3 +111,25 @@ def test_across_seeds_mean_and_spread() -> None:
     assert (mean, n) == (pytest.approx(0.3), 2) and sd == pytest.approx(0.1414, abs=1e-3)
     assert across_seeds(summaries, "dpo", "toy_fidelity")[0] == pytest.approx(0.6)
     assert across_seeds(summaries, "spin-9", "toy_fidelity")[2] == 0
+
+
+def test_the_continued_run_reuses_iteration_ones_samples(study) -> None:
+    """The same base, data, seed and sampler: the same samples, linked rather than drawn again."""
+    _, out, _ = study
+    first, cont = (out / "seed-0" / name / "iter-1" / "samples" for name in ("spin", "spin-continued"))
+    files = sorted(first.glob("*.safetensors"))
+    assert files and all((cont / f.name).stat().st_ino == f.stat().st_ino for f in files)
+
+
+def test_the_opponent_may_sample_with_fewer_steps_than_the_evaluation(tmp_path: Path) -> None:
+    from spin_diffusion.studies.reproduce import evaluation_config, run_configs
+
+    default = tiny_study()
+    assert (
+        run_configs(default, 0, tmp_path)["spin"]["sampling"]["num_inference_steps"] == default.sample_steps
+    )
+    fewer = default.model_copy(update={"opponent_sample_steps": 2})
+    runs = run_configs(fewer, 0, tmp_path)
+    assert runs["spin"]["sampling"]["num_inference_steps"] == 2
+    assert runs["spin-continued"]["sampling"]["num_inference_steps"] == 2
+    assert evaluation_config(fewer, tmp_path / "p.txt")["num_inference_steps"] == default.sample_steps

@@ -301,3 +301,44 @@ def _read_mapping(path: Path) -> dict:
     from spin_diffusion.config.base import read_yaml
 
     return read_yaml(path)  # one-line errors; duplicate keys and non-UTF-8 text are refused
+
+
+@app.command()
+def figure5(
+    out: Annotated[Path, _OUT] = Path("runs/figure5"),
+    seeds: Annotated[str | None, _SEEDS] = None,
+    config: Annotated[Path | None, typer.Option(help="YAML/JSON Figure5Config")] = None,
+    set_: Annotated[list[str] | None, _SET] = None,
+) -> None:
+    """Figure 5 as the paper ran it: iteration 1 continued vs iteration 2, both from iteration 1's plateau.
+
+    Writes figure5.md, figure5.json and plots/figure5.png into --out (docs/results.md says what it runs).
+    """
+    import shlex
+    import sys
+
+    from pydantic import ValidationError
+
+    from spin_diffusion.config.run import apply_overrides
+    from spin_diffusion.studies.figure5 import Figure5Config
+    from spin_diffusion.studies.figure5 import figure5 as run_figure5
+
+    raw = _read_mapping(config) if config is not None else {}
+    if seeds is not None:
+        try:
+            raw["seeds"] = [int(s) for s in seeds.split(",") if s.strip()]
+        except ValueError as exc:
+            raise UserError(f"--seeds must be comma-separated integers, got {seeds!r}") from exc
+    raw = apply_overrides(raw, set_ or [])
+    try:
+        cfg = Figure5Config.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        raise UserError(
+            f"figure5 setting {where!r}: {str(err['msg']).removeprefix('Value error, ')}"
+        ) from exc
+    command = "spin-diffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    result = run_figure5(cfg, out, command)
+    typer.echo(result["report"])
+    typer.echo(f"wrote {out / 'figure5.md'} and {result['plot']}")

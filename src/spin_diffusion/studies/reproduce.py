@@ -34,6 +34,7 @@ from spin_diffusion.studies.runs import (
 )
 from spin_diffusion.studies.settings import FAMILY, METRICS, ReproduceConfig
 from spin_diffusion.studies.tables import REPRODUCTION_TITLE, across_seeds, render_report
+from spin_diffusion.toy.diagnostics import BREAKDOWN_COLUMNS
 
 
 def run_seed(cfg: ReproduceConfig, seed: int, out: Path, prompts_file: Path, show_progress: bool) -> dict:
@@ -42,21 +43,42 @@ def run_seed(cfg: ReproduceConfig, seed: int, out: Path, prompts_file: Path, sho
     from spin_diffusion.config.run import validate_config
     from spin_diffusion.evaluation.runner import evaluate_models
     from spin_diffusion.selfplay.driver import run
+    from spin_diffusion.studies.reuse import share_opponent_samples
+    from spin_diffusion.studies.timing import seed_seconds, timed
 
     seed_dir = out / f"seed-{seed}"
     prepare_data(cfg, seed, seed_dir)
     for method, raw in run_configs(cfg, seed, seed_dir).items():
         print(f"[seed {seed}] {method}", flush=True)
-        run(validate_config(raw, f"reproduce seed {seed} {method}"), show_progress=show_progress)
+        run_cfg = validate_config(raw, f"reproduce seed {seed} {method}")
+        if method == "spin-continued":  # iteration 1's samples of theta_0, the same ones: reuse them
+            share_opponent_samples(seed_dir / "spin", run_cfg)
+        run(run_cfg, show_progress=show_progress)
     models = models_of(cfg, seed_dir)
     print(f"[seed {seed}] evaluating {len(models)} models", flush=True)
-    evaluation = evaluate_models(
-        models,
-        EvaluationConfig.model_validate(evaluation_config(cfg, prompts_file)),
-        seed_dir / "eval",
-        baseline="base",
-    )
-    return summarize_seed(cfg, seed_dir, evaluation)
+    with timed(seed_dir, "evaluation"):
+        evaluation = evaluate_models(
+            models,
+            EvaluationConfig.model_validate(evaluation_config(cfg, prompts_file)),
+            seed_dir / "eval",
+            baseline="base",
+        )
+    summary = summarize_seed(cfg, seed_dir, evaluation)
+    summary["seconds"] = seed_seconds(seed_dir, list(run_configs(cfg, seed, seed_dir)))
+    write_json_atomic(seed_dir / "summary.json", summary)
+    return summary
+
+
+def recorded_examples(cfg: ReproduceConfig, seed_dir: Path, name: str) -> int:
+    """:func:`examples_seen`, with SPIN's steps as its iterations recorded them (stop_when may end one early)."""
+    model = ModelName.parse(name)
+    if model.method != "spin" or model.iteration is None:
+        return examples_seen(cfg, name)
+    layout = RunLayout(seed_dir / "spin")
+    records = [layout.iteration(k).done for k in range(1, model.iteration + 1)]
+    if not all(r.is_file() for r in records):
+        return examples_seen(cfg, name)
+    return sum(json.loads(r.read_text())["steps"] for r in records) * cfg.batch_size
 
 
 def _prompt_means(seed_dir: Path) -> dict[str, dict[str, Any]]:
@@ -83,7 +105,13 @@ def drift(run_dir: Path, k: int) -> dict[str, float] | None:
     rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
     tail = rows[-max(1, len(rows) // 4) :]
     keys = ("loss", "implicit_acc", "model_err_real", "ref_err_real", "model_err_gen", "ref_err_gen")
-    return {key: sum(r[key] for r in tail) / len(tail) for key in keys if all(key in r for r in tail)}
+    out = {key: sum(r[key] for r in tail) / len(tail) for key in keys if all(key in r for r in tail)}
+    record = RunLayout(run_dir).iteration(k).done
+    if record.is_file():  # how long the iteration ran, and why it ended (stop_when may end it early)
+        saved = json.loads(record.read_text())
+        out["steps"] = saved["steps"]
+        out["ended_early"] = float((saved.get("ended") or {}).get("reason", "max_steps") != "max_steps")
+    return out
 
 
 def summarize_seed(cfg: ReproduceConfig, seed_dir: Path, evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -104,10 +132,11 @@ def summarize_seed(cfg: ReproduceConfig, seed_dir: Path, evaluation: dict[str, A
         for m in METRICS:
             vals = np.asarray(per_prompt[name][m])
             entry[f"{m}_se"] = float(vals.std(ddof=1) / math.sqrt(len(vals))) if len(vals) > 1 else 0.0
+        entry.update({k: sets.get(name, {}).get(k) for k in BREAKDOWN_COLUMNS})  # fidelity by attribute
         entry["open_tv"] = sets.get(name, {}).get("open_tv")
         entry["diversity"] = sets.get(name, {}).get("diversity_attr")
         entry["best_of_n_fidelity"] = bon[name]["toy_fidelity"]
-        entry["examples"] = examples_seen(cfg, name)
+        entry["examples"] = recorded_examples(cfg, seed_dir, name)
         entry["wins"] = {other: rates["average"] for other, rates in wins.get(name, {}).items()}
         for other in ("base", sft_best, "dpo"):
             if other is not None and other in wins.get(name, {}):
@@ -210,7 +239,7 @@ def _check_compatible(previous: ReproduceConfig, current: ReproduceConfig, out: 
     """Seeds and methods may be added; anything that changes what a finished run means may not."""
     from spin_diffusion.errors import ConfigError
 
-    fixed = ("base", "pairs", "guidance_scale", "sample_steps", "batch_size", "warmup_steps", "spin", "spin_exact", "sft", "dpo",
+    fixed = ("base", "pairs", "guidance_scale", "sample_steps", "opponent_sample_steps", "pair_noise", "batch_size", "warmup_steps", "spin", "spin_exact", "sft", "dpo",
              "family", "eval_prompts", "images_per_prompt", "eval_seed")  # fmt: skip
     changed = [k for k in fixed if getattr(previous, k) != getattr(current, k)]
     if changed:

@@ -54,7 +54,7 @@ def _common(cfg: ReproduceConfig, seed: int, out: Path, name: str, method: str, 
         "data": data,
         "sampling": {
             "scheduler": base_sampler(cfg),
-            "num_inference_steps": cfg.sample_steps,
+            "num_inference_steps": cfg.opponent_sample_steps or cfg.sample_steps,
             "guidance_scale": cfg.guidance_scale,
             "batch_size": 128,
             "shard_size": 512,
@@ -69,6 +69,7 @@ def _common(cfg: ReproduceConfig, seed: int, out: Path, name: str, method: str, 
             "lr_scheduler": "constant",
             "checkpointing_steps": 50,
             "loss_type": cfg.spin.loss_type,
+            "pair_noise": cfg.pair_noise,
             "trackers": [],
         },
     }
@@ -83,6 +84,7 @@ def run_configs(cfg: ReproduceConfig, seed: int, seed_dir: Path) -> dict[str, di
     if "spin" in cfg.methods:
         c = _common(cfg, seed, seed_dir, "spin", "spin", curated)
         c["iterations"] = spin_iters
+        c["training"]["stop_when"] = cfg.spin.stop_when.model_dump() if cfg.spin.stop_when else None
         _lora(c, cfg)
         runs["spin"] = c
     if "spin-continued" in cfg.methods and len(spin_iters) >= 2:

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from spin_diffusion.config.run import StopWhenConfig
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -34,6 +36,11 @@ class SpinSettings(_Strict):
     loss_type: Literal["logistic", "hinge", "correlation"] = "logistic"
     num_samples_per_prompt: int = Field(1, ge=1)
     lora_rank: int | None = Field(None, ge=1, description="LoRA of this rank instead of full fine-tuning")
+    stop_when: StopWhenConfig | None = Field(
+        None,
+        description="training.stop_when of every SPIN iteration (e.g. {implicit_acc: 0.95, window: 20}); "
+        "max_steps is then the cap; null: every iteration runs max_steps",
+    )
 
 
 class SpinExactSettings(_Strict):
@@ -128,9 +135,18 @@ class ReproduceConfig(_Strict):
     images_per_prompt: int = Field(2, ge=1)
     eval_seed: int = 0
     guidance_scale: float = Field(3.0, ge=0, description="for opponent sampling and evaluation")
-    sample_steps: int = Field(20, ge=1)
+    sample_steps: int = Field(20, ge=1, description="solver steps of the evaluation's images (and the opponent's)")
+    opponent_sample_steps: int | None = Field(
+        None,
+        ge=1,
+        description="solver steps of the opponent's samples when they should differ from the evaluation's "
+        "(docs/benchmarks.md: held-out fidelity is flat from 5 to 30 steps); null: sample_steps",
+    )
     batch_size: int = Field(16, ge=1, description="examples (pairs for DPO/SPIN) per optimizer step")
     warmup_steps: int = Field(5, ge=0)
+    pair_noise: Literal["shared", "independent"] = Field(
+        "shared", description="training.pair_noise of every pairwise method (docs/configuration.md)"
+    )
     spin: SpinSettings = Field(default_factory=SpinSettings)
     spin_exact: SpinExactSettings = Field(default_factory=SpinExactSettings)
     sft: SftSettings = Field(default_factory=SftSettings)

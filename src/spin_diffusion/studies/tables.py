@@ -7,6 +7,7 @@ from typing import Any
 
 from spin_diffusion.studies.model_names import ModelName, sft_step
 from spin_diffusion.studies.settings import FAMILY, ReproduceConfig
+from spin_diffusion.toy.diagnostics import BREAKDOWN_COLUMNS, breakdown_cells
 
 
 def across_seeds(summaries: dict[int, dict[str, Any]], name: str, key: str) -> tuple[float, float, int]:
@@ -85,6 +86,23 @@ REPRODUCTION_TITLE = "Toy-world reproduction of SPIN-Diffusion's Table 1 and Fig
 COMPARISON_TITLE = "Toy-world method comparison: SFT, DPO, SPIN and the Diffusion-DPO family"
 
 
+def attribute_table(cfg: ReproduceConfig, summaries: dict[int, dict[str, Any]]) -> list[str]:
+    """Where each model's fidelity goes: the oracle's checks by attribute, mean over seeds."""
+    lines = [
+        "| model | " + " | ".join(BREAKDOWN_COLUMNS.values()) + " |",
+        "|---|" + "---|" * len(BREAKDOWN_COLUMNS),
+    ]
+    for name in table_names(cfg, summaries):
+        means = {k: across_seeds(summaries, name, k)[0] for k in BREAKDOWN_COLUMNS}
+        lines.append(f"| {name} | " + " | ".join(breakdown_cells(means)) + " |")
+    return lines
+
+
+def _mean_cell(rows: list[dict[str, float]], key: str) -> str:
+    vals = [r[key] for r in rows if key in r]
+    return f"{sum(vals) / len(vals):.4g}" if vals else "-"
+
+
 def render_report(
     cfg: ReproduceConfig, summaries: dict[int, dict[str, Any]], command: str, title: str = REPRODUCTION_TITLE
 ) -> str:
@@ -106,6 +124,16 @@ def render_report(
     ]
     best = {s: summaries[s]["sft_best"] for s in seeds}
     lines += ["", f"SFT-best is the SFT checkpoint with the highest average score in each seed: {best}.", ""]
+    lines += [
+        "## Prompt fidelity by attribute (oracle checks, mean over seeds)",
+        "",
+        "The share of the oracle's checks of each kind that pass (count: the image has the asked number "
+        "of objects; the others over every prompted object), objects found per object asked, and the "
+        "share of images in which no object is found.",
+        "",
+        *attribute_table(cfg, summaries),
+        "",
+    ]
     sft_steps = sorted(
         {sft_step(n) for s in summaries.values() for n in s["models"] if sft_step(n) is not None}
     )
@@ -130,15 +158,25 @@ def render_report(
         "`model_err_real - ref_err_real` < 0 means the model got better at denoising the real data than its "
         "opponent; > 0 means it won the game by getting worse on the opponent's samples instead.",
         "",
-        "| iteration | " + " | ".join(drift_keys) + " |",
-        "|---|" + "---|" * len(drift_keys),
+        "| iteration | steps (mean) | ended early (share of seeds) | " + " | ".join(drift_keys) + " |",
+        "|---|---|---|" + "---|" * len(drift_keys),
     ]
     for k in range(1, len(cfg.spin.iterations) + 1):
         vals = [s["drift"].get(ModelName("spin", iteration=k).name) for s in summaries.values()]
         vals = [v for v in vals if v]
         if not vals:
             continue
-        cells = [f"{sum(v[key] for v in vals) / len(vals):.4g}" for key in drift_keys]
+        cells = [_mean_cell(vals, key) for key in ("steps", "ended_early", *drift_keys)]
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
+    timings = {s: summaries[s]["seconds"] for s in seeds if "seconds" in summaries[s]}
+    if timings:
+        from spin_diffusion.studies.timing import time_split_lines
+
+        lines += [
+            "## Where the time went (wall seconds summed over seeds, from the runs' records)",
+            "",
+            *time_split_lines(timings),
+            "",
+        ]
     lines += ["", "Settings (`reproduce.json`):", "", "```json", cfg.model_dump_json(indent=2), "```", ""]
     return "\n".join(lines)
