@@ -129,10 +129,13 @@ def save_plateau_pipeline(snapshot: Path, out: Path) -> Path:
 def _evaluate(cfg: Figure5Config, seed_dir: Path, prompts_file: Path, models: dict[str, Any]) -> dict:
     from spin_diffusion.config.evaluation import EvaluationConfig
     from spin_diffusion.evaluation.runner import evaluate_models
+    from spin_diffusion.studies.image_reuse import link_images_by_weights, study_eval_dirs
     from spin_diffusion.studies.runs import evaluation_config
 
     eval_cfg = EvaluationConfig.model_validate(evaluation_config(cfg.as_study(), prompts_file))
-    return evaluate_models(models, eval_cfg, seed_dir / "figure5-eval", baseline="base")
+    target = seed_dir / "figure5-eval"  # images of the same weights judged elsewhere in the study: linked
+    link_images_by_weights(target, models, eval_cfg.sampling_fingerprint(), study_eval_dirs(seed_dir.parent))
+    return evaluate_models(models, eval_cfg, target, baseline="base")
 
 
 def run_seed(cfg: Figure5Config, seed: int, out: Path, prompts_file: Path, show_progress: bool) -> dict:

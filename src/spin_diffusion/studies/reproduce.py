@@ -43,6 +43,7 @@ def run_seed(cfg: ReproduceConfig, seed: int, out: Path, prompts_file: Path, sho
     from spin_diffusion.config.run import validate_config
     from spin_diffusion.evaluation.runner import evaluate_models
     from spin_diffusion.selfplay.driver import run
+    from spin_diffusion.studies.image_reuse import link_images_by_weights, study_eval_dirs
     from spin_diffusion.studies.reuse import share_opponent_samples
     from spin_diffusion.studies.timing import seed_seconds, timed
 
@@ -56,13 +57,12 @@ def run_seed(cfg: ReproduceConfig, seed: int, out: Path, prompts_file: Path, sho
         run(run_cfg, show_progress=show_progress)
     models = models_of(cfg, seed_dir)
     print(f"[seed {seed}] evaluating {len(models)} models", flush=True)
-    with timed(seed_dir, "evaluation"):
-        evaluation = evaluate_models(
-            models,
-            EvaluationConfig.model_validate(evaluation_config(cfg, prompts_file)),
-            seed_dir / "eval",
-            baseline="base",
+    eval_cfg = EvaluationConfig.model_validate(evaluation_config(cfg, prompts_file))
+    with timed(seed_dir, "evaluation"):  # images of the same weights judged elsewhere in the study: linked
+        link_images_by_weights(
+            seed_dir / "eval", models, eval_cfg.sampling_fingerprint(), study_eval_dirs(out)
         )
+        evaluation = evaluate_models(models, eval_cfg, seed_dir / "eval", baseline="base")
     summary = summarize_seed(cfg, seed_dir, evaluation)
     summary["seconds"] = seed_seconds(seed_dir, list(run_configs(cfg, seed, seed_dir)))
     write_json_atomic(seed_dir / "summary.json", summary)

@@ -52,12 +52,12 @@ def share_opponent_samples(source_run: Path, target: RunConfig) -> bool:
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(".samples.linking")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, copy_function=_link_or_copy)
+    shutil.copytree(src, tmp, copy_function=link_or_copy)
     tmp.rename(dst)
     return True
 
 
-def _link_or_copy(src: str, dst: str) -> None:
+def link_or_copy(src: str, dst: str) -> None:
     try:
         os.link(src, dst)
     except OSError:
