@@ -185,6 +185,20 @@ def render_page(
             tables["iteration"],
             "",
         ]
+    if "study" in results:
+        lines += [
+            "## Where a reproduction study's time goes",
+            "",
+            "`toy reproduce` on one seed at a small budget (the default solver steps, guidance and batch; fewer "
+            "pairs, steps and held-out prompts), split as the study reports it (each run's opponent sampling, "
+            "reference, training and set-up from its records, the evaluation timed around it); then the cost per "
+            "opponent sample, per optimizer step of each run and per evaluation image, times the default study's "
+            "counts (its iteration-1-continued run links SPIN iteration 1's samples). Fixed start-up costs make "
+            "the small run's units dearer: read the projected shares, not absolute times.",
+            "",
+            tables["study"],
+            "",
+        ]
     if "scale" in results:
         small, large = results["scale"][0], results["scale"][-1]
         lines += [

@@ -35,6 +35,7 @@ BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {
         ["--examples", "48", "--steps", "4", "--eval-prompts", "8"],
     ),
     "scale": ("bench_scale.py", [], ["--sizes", "100", "1000", "3000", "--batches", "5"]),
+    "study": ("bench_study.py", [], ["--pairs", "16", "--eval-prompts", "4", "--scale", "0.02"]),
     "levers": ("bench_levers.py", [], ["--batch", "4", "--repeats", "1", "--sample-prompts", "4"]),
 }
 
