@@ -101,3 +101,28 @@ def test_pair_noise_is_a_validated_setting() -> None:
         validate_config(raw)
     raw["training"]["pair_noise"] = "independent"
     assert validate_config(raw).training.pair_noise == "independent"
+
+
+@pytest.fixture(scope="module")
+def perturbed(tiny_pipeline_dir: Path):
+    pipe = load_pipeline(tiny_pipeline_dir)
+    model = frozen_copy(pipe.unet)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel() + 1)))
+    return pipe, model, ModuleReference(frozen_copy(pipe.unet), training_scheduler(pipe))
+
+
+@pytest.mark.parametrize("method", ["dpo", "dmpo", "see-dpo", "adaptive-dpo", "kto"])
+def test_every_noised_pair_method_scores_the_second_member_at_its_own_noise(perturbed, method: str) -> None:
+    pipe, model, reference = perturbed
+    sched = training_scheduler(pipe)
+    out = {}
+    for setting in ("shared", "independent"):
+        batch = make_batch(SyntheticPairs(), ITEMS, seed=4, num_train_timesteps=1000, pair_noise=setting)
+        emb = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions)
+        cfg = TrainingConfig(beta=300.0, pair_noise=setting)
+        with torch.no_grad():
+            out[setting] = compute_loss(method, cfg, model, sched, reference, batch, emb).metrics
+    assert out["shared"]["d_win"] == pytest.approx(out["independent"]["d_win"], rel=1e-6, abs=1e-9)
+    assert out["shared"]["d_lose"] != pytest.approx(out["independent"]["d_lose"], rel=1e-3, abs=1e-9)
