@@ -58,7 +58,7 @@ class Figure5Config(_Strict):
     pair_noise: Literal["shared", "independent"] = "shared"
     iteration_1: ArmSettings = Field(default_factory=lambda: ArmSettings(beta=200.0, learning_rate=1e-5))
     iteration_2: ArmSettings = Field(default_factory=lambda: ArmSettings(beta=500.0, learning_rate=1e-5))
-    snapshot_every: int = Field(40, ge=1, description="a model is saved and judged every N steps")
+    snapshot_every: int = Field(60, ge=1, description="a model is saved and judged every N steps")
     search_steps: int = Field(480, ge=1, description="iteration 1's steps in which the plateau is looked for")
     arm_steps: int = Field(240, ge=1, description="steps each arm runs from the plateau")
     tolerance: float = Field(0.01, ge=0, description="plateau: first snapshot within this of the best")
