@@ -18,7 +18,9 @@ import json
 import tempfile
 from pathlib import Path
 
-from spin_diffusion.studies.reproduce import ReproduceConfig, models_of, reproduce, run_configs
+from spin_diffusion.studies.reproduce import reproduce
+from spin_diffusion.studies.runs import models_of, run_configs
+from spin_diffusion.studies.settings import ReproduceConfig
 
 
 def small_study(pairs: int, eval_prompts: int, scale: float) -> ReproduceConfig:

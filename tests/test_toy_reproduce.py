@@ -122,7 +122,7 @@ def test_the_continued_run_reuses_iteration_ones_samples(study) -> None:
 
 
 def test_the_opponent_may_sample_with_fewer_steps_than_the_evaluation(tmp_path: Path) -> None:
-    from spin_diffusion.studies.reproduce import evaluation_config, run_configs
+    from spin_diffusion.studies.runs import evaluation_config, run_configs
 
     default = tiny_study()
     assert (

@@ -28,6 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spin_diffusion.infra.atomic import write_json_atomic, write_text_atomic
+from spin_diffusion.infra.run_layout import RunLayout
 from spin_diffusion.studies.settings import ReproduceConfig
 from spin_diffusion.studies.tables import mean_sd
 
@@ -142,8 +143,8 @@ def run_seed(cfg: Figure5Config, seed: int, out: Path, prompts_file: Path, show_
     """Iteration 1 with snapshots, its plateau, both arms from it, everything judged together."""
     from spin_diffusion.config.run import validate_config
     from spin_diffusion.selfplay.driver import run
-    from spin_diffusion.studies.runs import prepare_data
     from spin_diffusion.studies.reuse import share_opponent_samples
+    from spin_diffusion.studies.runs import prepare_data
     from spin_diffusion.toy import base_model_path
 
     seed_dir = out / f"seed-{seed}"
@@ -153,12 +154,12 @@ def run_seed(cfg: Figure5Config, seed: int, out: Path, prompts_file: Path, show_
     share_opponent_samples(seed_dir / "spin", first_cfg)  # a reproduction's iteration 1 here: its samples
     run(first_cfg, show_progress)
     base = str(base_model_path())
-    snapshots = seed_dir / "figure5-iter1" / "iter-1" / "snapshots"
+    first_iteration = RunLayout(first_cfg.run_dir).iteration(1)
     # the model-name record: name -> (arm, step since iteration 1 began, evaluation entry)
     record: dict[str, dict[str, Any]] = {"base": {"arm": "base", "step": 0, "entry": {"path": base}}}
     steps = range(cfg.snapshot_every, cfg.search_steps + cfg.arm_steps + 1, cfg.snapshot_every)
     for s in steps:
-        entry = {"path": base, "trained": str(snapshots / f"step-{s}")}
+        entry = {"path": base, "trained": str(first_iteration.snapshot(s))}
         record[f"iter1-step-{s}"] = {"arm": "iteration 1", "step": s, "entry": entry}
     search = {n: r for n, r in record.items() if r["arm"] == "base" or r["step"] <= cfg.search_steps}
     first = _evaluate(cfg, seed_dir, prompts_file, {n: r["entry"] for n, r in search.items()})
@@ -167,13 +168,15 @@ def run_seed(cfg: Figure5Config, seed: int, out: Path, prompts_file: Path, show_
     print(f"[seed {seed}] plateau of iteration 1 at step {plateau}; iteration 2 from there", flush=True)
 
     theta_1 = save_plateau_pipeline(
-        snapshots / f"step-{plateau}", seed_dir / f"figure5-theta1-step-{plateau}"
+        first_iteration.snapshot(plateau), seed_dir / f"figure5-theta1-step-{plateau}"
     )
-    arm_b = _iteration_2_run(cfg, seed, seed_dir, theta_1, plateau)
-    run(validate_config(arm_b, f"figure5 seed {seed} iteration 2"), show_progress)
-    arm_b_snapshots = seed_dir / arm_b["name"] / "iter-1" / "snapshots"
+    arm_b = validate_config(
+        _iteration_2_run(cfg, seed, seed_dir, theta_1, plateau), f"figure5 seed {seed} iteration 2"
+    )
+    run(arm_b, show_progress)
+    second_iteration = RunLayout(arm_b.run_dir).iteration(1)
     for j in range(cfg.snapshot_every, cfg.arm_steps + 1, cfg.snapshot_every):
-        entry = {"path": str(theta_1), "trained": str(arm_b_snapshots / f"step-{j}")}
+        entry = {"path": str(theta_1), "trained": str(second_iteration.snapshot(j))}
         record[f"iter2-step-{plateau + j}"] = {"arm": "iteration 2", "step": plateau + j, "entry": entry}
     evaluation = _evaluate(cfg, seed_dir, prompts_file, {n: r["entry"] for n, r in record.items()})
     return summarize_seed(cfg, seed_dir, plateau, curve, record, evaluation)

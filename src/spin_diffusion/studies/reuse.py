@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from spin_diffusion.config.run import read_yaml, validate_config
-from spin_diffusion.selfplay.rundir import iteration_done
+from spin_diffusion.infra.run_layout import RunLayout
+from spin_diffusion.sampling.samples import MANIFEST
 
 if TYPE_CHECKING:
     from spin_diffusion.config.run import RunConfig
@@ -41,12 +42,11 @@ def share_opponent_samples(source_run: Path, target: RunConfig) -> bool:
     ``target`` and the target has no samples yet; returns whether it linked. The sampler writes
     shards by atomic rename, so a target that resamples a shard never changes the source's file.
     """
-    source_run = Path(source_run)
-    src = source_run / "iter-1" / "samples"
-    dst = target.run_dir / "iter-1" / "samples"
-    if not iteration_done(source_run, 1) or not (src / "manifest.json").is_file() or dst.exists():
+    source = RunLayout(Path(source_run))
+    src, dst = source.iteration(1).samples, RunLayout(target.run_dir).iteration(1).samples
+    if not source.iteration(1).done.is_file() or not (src / MANIFEST).is_file() or dst.exists():
         return False
-    saved = source_run / "config.yaml"
+    saved = source.config
     if not same_first_samples(validate_config(read_yaml(saved), str(saved)), target):
         return False
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -135,7 +135,9 @@ class ReproduceConfig(_Strict):
     images_per_prompt: int = Field(2, ge=1)
     eval_seed: int = 0
     guidance_scale: float = Field(3.0, ge=0, description="for opponent sampling and evaluation")
-    sample_steps: int = Field(20, ge=1, description="solver steps of the evaluation's images (and the opponent's)")
+    sample_steps: int = Field(
+        20, ge=1, description="solver steps of the evaluation's images (and the opponent's)"
+    )
     opponent_sample_steps: int | None = Field(
         None,
         ge=1,

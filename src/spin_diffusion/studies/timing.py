@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from spin_diffusion.infra.atomic import write_json_atomic
+from spin_diffusion.infra.run_layout import RunLayout
 
 #: Report rows: a phase and the iteration-record laps it sums (evaluation is measured by the study).
 PHASES: dict[str, tuple[str, ...]] = {
@@ -30,8 +31,10 @@ TIMING = "timing.json"
 def run_seconds(run_dir: Path) -> dict[str, float]:
     """One run's seconds per phase, summed over its finished iterations (empty if none finished)."""
     out = dict.fromkeys(PHASES, 0.0)
-    for record in sorted(Path(run_dir).glob("iter-*/iteration.json")):
-        laps = json.loads(record.read_text()).get("seconds", {})
+    for iteration in RunLayout(Path(run_dir)).iterations():
+        if not iteration.done.is_file():
+            continue
+        laps = json.loads(iteration.done.read_text()).get("seconds", {})
         for phase, keys in PHASES.items():
             out[phase] += sum(float(laps.get(k, 0.0)) for k in keys)
     return out
