@@ -128,8 +128,9 @@ def test_two_models_produce_every_report(evaluated):
     assert len(rows) == 2 * 8 * 2 * len(METRICS)
     assert len(list((out / "models" / "base" / "images").glob("*.png"))) == 16
     grid = Image.open(out / "grid.png")
-    assert grid.height == 2 * (96 + 2)  # one row per model (16 px images shown at 96 px, 2 px apart)
-    assert grid.width > 8 * 96
+    # one row per model: 16 px images shown at 128 px, each with its prompt written under it
+    assert grid.height % 2 == 0 and grid.height // 2 > 128 + 2
+    assert grid.width > 8 * 128
 
 
 def test_per_image_scores_are_the_stored_values(evaluated):
