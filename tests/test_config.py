@@ -166,6 +166,8 @@ def _without_added_sections(cfg: Any) -> str:
     official = ("ema_annotators", "ema_decays", "ema_warmup_steps", "rho", "normalise_logits")
     for key in (*official, "temperature", "intercept", "margin_type"):
         data["training"]["adaptive_dpo"].pop(key)
+    # added with issue 21's bench: the pair noise convention and iteration length by the game
+    assert data["training"].pop("pair_noise") == "shared" and data["training"].pop("stop_when") is None
     return yaml.safe_dump(data, sort_keys=False)
 
 
@@ -180,7 +182,7 @@ def test_a_config_yaml_written_by_the_previous_main_resumes_unchanged() -> None:
     current = validate_config(OLD_MAIN_RAW)
     assert identity_changes(saved, current) == []
     assert dump_config(saved) == dump_config(current)
-    # the same config.yaml byte for byte, but for sections added since with their defaults (model.flow)
+    # the same config.yaml byte for byte, but for fields added since with their defaults
     assert _without_added_sections(current) == path.read_text()
     assert isinstance(current.data, DataConfig) and current.data.caption_column == "caption"
     assert isinstance(current.evaluation, EvaluationConfig) and current.evaluation.metrics == [

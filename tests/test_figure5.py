@@ -52,7 +52,8 @@ def _log(path: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_both_arms_start_from_the_plateau_and_run_the_same_steps(tmp_path: Path) -> None:
-    from spin_diffusion.model.pipelines import fingerprint_module, load_pipeline
+    from spin_diffusion.model.loading import load_pipeline
+    from spin_diffusion.model.weights import fingerprint_module
     from spin_diffusion.toy import base_model_path
 
     cfg = tiny()

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from spin_diffusion.model.pipelines import frozen_copy, load_pipeline, training_scheduler
 
 from spin_diffusion.config.run import TrainingConfig, validate_config
 from spin_diffusion.errors import ConfigError
 from spin_diffusion.model.families import Conditioning, encode_prompts
+from spin_diffusion.model.loading import load_pipeline
+from spin_diffusion.model.prediction import training_scheduler
+from spin_diffusion.model.weights import frozen_copy
 from spin_diffusion.training.batches import make_batch
 from spin_diffusion.training.losses import compute_loss
 from spin_diffusion.training.reference import ModuleReference
@@ -120,7 +122,7 @@ def test_every_noised_pair_method_scores_the_second_member_at_its_own_noise(pert
     out = {}
     for setting in ("shared", "independent"):
         batch = make_batch(SyntheticPairs(), ITEMS, seed=4, num_train_timesteps=1000, pair_noise=setting)
-        emb = encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions)
+        emb = Conditioning(encode_prompts(pipe.text_encoder, pipe.tokenizer, batch.captions))
         cfg = TrainingConfig(beta=300.0, pair_noise=setting)
         with torch.no_grad():
             out[setting] = compute_loss(method, cfg, model, sched, reference, batch, emb).metrics

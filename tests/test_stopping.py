@@ -6,12 +6,14 @@ import json
 from pathlib import Path
 
 import pytest
-from spin_diffusion.model.pipelines import fingerprint_module, frozen_copy, load_pipeline, training_scheduler
 
 from spin_diffusion.config.run import TrainingConfig, validate_config
 from spin_diffusion.config.stopping import StopWhenConfig
 from spin_diffusion.errors import ConfigError
 from spin_diffusion.model.families import prompt_encoder
+from spin_diffusion.model.loading import load_pipeline
+from spin_diffusion.model.prediction import training_scheduler
+from spin_diffusion.model.weights import fingerprint_module, frozen_copy
 from spin_diffusion.training.reference import ModuleReference
 from spin_diffusion.training.stopping import StopRule
 from spin_diffusion.training.trainer import Trainer, write_summary

@@ -118,7 +118,8 @@ def _iteration_2_run(cfg: Figure5Config, seed: int, seed_dir: Path, theta_1: Pat
 
 def save_plateau_pipeline(snapshot: Path, out: Path) -> Path:
     """theta_1 as a full pipeline (the shipped base with the plateau snapshot's UNet), once."""
-    from spin_diffusion.model.pipelines import load_pipeline, save_full_pipeline
+    from spin_diffusion.model.loading import load_pipeline
+    from spin_diffusion.model.saving import save_full_pipeline
     from spin_diffusion.toy import base_model_path
 
     if not (out / "model_index.json").is_file():
