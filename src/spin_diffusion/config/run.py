@@ -27,7 +27,7 @@ from spin_diffusion.config.methods import (
 )
 from spin_diffusion.config.overrides import apply_overrides
 from spin_diffusion.config.path_identity import path_insensitive, same_location
-from spin_diffusion.config.stopping import StopWhenConfig
+from spin_diffusion.config.stopping import StopWhenConfig, check_stop_when
 from spin_diffusion.errors import ConfigError
 
 Method = Literal[
@@ -165,12 +165,9 @@ class TrainingConfig(Strict):
         "logistic", description="l(u): -logsigmoid(u), max(0, 1-u) or 1-u"
     )
     pair_noise: Literal["shared", "independent"] = Field(
-        "shared",
-        description="pairwise methods: one noise draw for both members of a pair (shared, the Diffusion-DPO "
-        "habit, lower variance) or one each (independent, the SPIN paper's eq. 4.9 as written); both "
-        "members always share t. A different expected loss, since l is non-linear; shared is the default "
-        "until a study decides. spin-exact's generated member is the sampler's own trajectory either way",
-    )
+        "shared", description="pairwise methods: one noise draw per pair (shared, the Diffusion-DPO habit) or "
+        "one per member (independent, eq. 4.9 as written); t is shared either way (see Pair noise above)",
+    )  # fmt: skip
     snr_gamma: float | None = Field(None, gt=0, description="min-SNR-gamma weighting for SFT; null disables")
     error_space: Literal["native", "epsilon"] = Field(
         "native",
@@ -302,8 +299,7 @@ class RunConfig(Strict):
             raise ValueError("iterations must list at least one iteration (use [{}] for defaults)")
         if self.method not in SELF_PLAY_METHODS and len(self.iterations) != 1:
             raise ValueError(f"method {self.method} trains once: iterations must have exactly one entry")
-        if self.method == "sft" and self.training.stop_when and self.training.stop_when.implicit_acc:
-            raise ValueError("training.stop_when.implicit_acc: sft has no implicit accuracy; use loss")
+        check_stop_when(self.method, self.training.stop_when)
         if self.method == "inversion-dpo" and self.training.precompute_reference:
             raise ValueError(
                 "training.precompute_reference: inversion-dpo inverts each latent with the live reference "

@@ -21,3 +21,9 @@ class StopWhenConfig(Strict):
         if self.implicit_acc is None and self.loss is None:
             raise ValueError("set implicit_acc or loss (or set stop_when to null)")
         return self
+
+
+def check_stop_when(method: str, stop_when: StopWhenConfig | None) -> None:
+    """SFT logs no implicit accuracy, so only its loss can end an iteration."""
+    if method == "sft" and stop_when is not None and stop_when.implicit_acc is not None:
+        raise ValueError("training.stop_when.implicit_acc: sft has no implicit accuracy; use loss")
