@@ -25,7 +25,7 @@ import torch
 from _common import model_dir
 from PIL import Image
 
-from spin_diffusion.config.run import SamplingConfig
+from spin_diffusion.config.sampling import SamplingConfig
 from spin_diffusion.data.encoding import encode_pixels
 from spin_diffusion.infra.seeds import sample_seed
 from spin_diffusion.model.loading import load_pipeline

@@ -194,7 +194,8 @@ def test_a_config_yaml_written_by_the_previous_main_resumes_unchanged() -> None:
 
 
 def test_iteration_overrides_apply_to_the_section_that_owns_each_field() -> None:
-    from spin_diffusion.config.run import IterationOverride, SamplingConfig, TrainingConfig
+    from spin_diffusion.config.run import IterationOverride, TrainingConfig
+    from spin_diffusion.config.sampling import SamplingConfig
 
     for name in IterationOverride.model_fields:  # each override names exactly one section's field
         assert (name in TrainingConfig.model_fields) != (name in SamplingConfig.model_fields), name

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spin_diffusion.config.run import SamplingConfig
+from spin_diffusion.config.sampling import SamplingConfig
 from spin_diffusion.errors import ConfigError
 from spin_diffusion.infra.run_layout import RunLayout
 from spin_diffusion.model.loading import load_pipeline

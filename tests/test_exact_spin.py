@@ -254,7 +254,7 @@ def test_peak_memory_is_flat_in_the_trajectory_length_and_direct_autograd_is_not
 def test_sampling_stores_trajectories_memory_mapped_and_they_are_part_of_the_identity(
     pipe, tmp_path: Path
 ) -> None:
-    from spin_diffusion.config.run import SamplingConfig
+    from spin_diffusion.config.sampling import SamplingConfig
     from spin_diffusion.errors import CheckpointError
     from spin_diffusion.sampling.opponent import sample_opponent
     from spin_diffusion.sampling.samples import OpponentSamples

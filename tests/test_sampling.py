@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from spin_diffusion.config.run import SamplingConfig
+from spin_diffusion.config.sampling import SamplingConfig
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.infra.seeds import sample_seed
 from spin_diffusion.model.loading import load_pipeline

@@ -14,9 +14,10 @@ from spin_diffusion.model.families import prompt_encoder
 from spin_diffusion.model.loading import load_pipeline
 from spin_diffusion.model.prediction import training_scheduler
 from spin_diffusion.model.weights import fingerprint_module, frozen_copy
+from spin_diffusion.training.checkpointing import write_summary
 from spin_diffusion.training.reference import ModuleReference
 from spin_diffusion.training.stopping import StopRule
-from spin_diffusion.training.trainer import Trainer, write_summary
+from spin_diffusion.training.trainer import Trainer
 from synthetic_pairs import SyntheticPairs
 
 

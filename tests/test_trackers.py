@@ -84,7 +84,7 @@ def test_tensorboard_gets_run_wide_steps_validation_images_and_the_config(
 def test_validation_images_are_the_same_prompts_and_seeds_every_time(
     tiny_pipeline_dir: Path,
 ) -> None:
-    from spin_diffusion.config.run import SamplingConfig
+    from spin_diffusion.config.sampling import SamplingConfig
     from spin_diffusion.model.loading import load_pipeline
     from spin_diffusion.selfplay.validation_images import (
         ValidationSet,

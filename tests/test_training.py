@@ -241,7 +241,7 @@ def test_global_batch_size_derives_accumulation_from_the_process_count() -> None
 
 
 def test_the_effective_global_batch_is_logged_and_returned(pipe, tmp_path: Path, caplog) -> None:
-    from spin_diffusion.training.trainer import write_summary
+    from spin_diffusion.training.checkpointing import write_summary
 
     cfg = TrainingConfig(max_steps=1, batch_size=2, global_batch_size=6, checkpointing_steps=5, trackers=[])
     trainer = _trainer(pipe, tmp_path / "gb", cfg)

@@ -15,14 +15,9 @@ from spin_diffusion.config.methods import (
     KtoConfig,
     SeeDpoConfig,
 )
-from spin_diffusion.config.run import (
-    IterationOverride,
-    LoraConfig,
-    ModelConfig,
-    RunConfig,
-    SamplingConfig,
-    TrainingConfig,
-)
+from spin_diffusion.config.model import LoraConfig, ModelConfig
+from spin_diffusion.config.run import IterationOverride, RunConfig, TrainingConfig
+from spin_diffusion.config.sampling import SamplingConfig
 from spin_diffusion.config.stopping import StopWhenConfig
 
 

@@ -16,7 +16,6 @@ from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_va
 from spin_diffusion.config.base import Strict, format_validation_error, read_yaml
 from spin_diffusion.config.data import DataConfig
 from spin_diffusion.config.evaluation import EvaluationConfig
-from spin_diffusion.config.flow import FlowConfig
 from spin_diffusion.config.methods import (
     AdaptiveDpoConfig,
     DmpoConfig,
@@ -25,8 +24,10 @@ from spin_diffusion.config.methods import (
     SeeDpoConfig,
     check_family_settings,
 )
+from spin_diffusion.config.model import ModelConfig
 from spin_diffusion.config.overrides import apply_overrides
 from spin_diffusion.config.path_identity import path_insensitive, same_location
+from spin_diffusion.config.sampling import SamplingConfig
 from spin_diffusion.config.stopping import StopWhenConfig, check_stop_when
 from spin_diffusion.errors import ConfigError
 
@@ -42,69 +43,6 @@ SELF_PLAY_METHODS = ("spin", "spin-exact")
 #: Samplers whose steps spin-exact can store and replay (sampling.trajectories implements them); their
 #: stored latents live in the variance-preserving space x_t = sqrt(abar) x0 + sqrt(1-abar) eps.
 TRAJECTORY_SCHEDULERS = ("ddim", "dpmsolver++")
-
-
-class LoraConfig(Strict):
-    """Train a LoRA adapter instead of the full UNet; the reference is then the base with adapters off."""
-
-    enabled: bool = Field(False, description="train a LoRA adapter (peft) instead of every UNet weight")
-    rank: int = Field(4, ge=1, description="LoRA rank r")
-    alpha: float = Field(4.0, gt=0, description="LoRA alpha (scale alpha / r)")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch")
-    target_modules: list[str] = Field(
-        default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"],
-        description="UNet module names that get adapters (attention projections by default)",
-    )
-
-
-class ModelConfig(Strict):
-    """The base model theta_0."""
-
-    pretrained: str = Field(..., description="local diffusers pipeline directory, or a hub id when online")
-    revision: str | None = Field(None, description="hub revision (hub ids only)")
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    flow: FlowConfig = Field(default_factory=FlowConfig)
-    reference_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
-        "auto",
-        description="precision of the frozen reference (full fine-tuning only); auto: the weight dtype of "
-        "training.mixed_precision (bf16/fp16, as the official Diffusion-DPO code casts its reference), else float32",
-    )
-
-    def resolved_reference_dtype(self, mixed_precision: str | None, autocast_active: bool = True) -> str:
-        """``reference_dtype`` with ``auto`` resolved against the mixed precision the run uses.
-
-        ``autocast_active`` False (accelerate runs fp16 without autocast on a CPU):
-        the trained model computes in float32, and so does the reference.
-        """
-        if self.reference_dtype != "auto":
-            return self.reference_dtype
-        if not autocast_active:
-            return "float32"
-        return {"bf16": "bfloat16", "fp16": "float16"}.get(mixed_precision or "no", "float32")
-
-
-class SamplingConfig(Strict):
-    """How the opponent generates its samples each iteration."""
-
-    num_samples_per_prompt: int = Field(
-        1, ge=1, description="opponent samples per caption; one is drawn per epoch"
-    )
-    scheduler: Literal["dpmsolver++", "ddim", "euler", "pipeline"] = Field(
-        "dpmsolver++", description="sampler; 'pipeline' keeps the model's own scheduler"
-    )
-    num_inference_steps: int = Field(20, ge=1, description="denoising steps per sample")
-    guidance_scale: float = Field(7.5, ge=0, description="classifier-free guidance scale (the paper: 7.5)")
-    eta: float = Field(0.0, ge=0, description="DDIM eta (ignored by other samplers)")
-    batch_size: int = Field(16, ge=1, description="prompts per forward (CFG doubles it internally)")
-    shard_size: int = Field(256, ge=1, description="prompts per latent shard: the unit of resume")
-    num_previews: int = Field(16, ge=0, description="samples decoded into previews.png")
-    compile: bool = Field(False, description="torch.compile the UNet for sampling")
-    latents: Literal["raw", "reencoded"] = Field(
-        "raw",
-        description="raw: the sampler's final latent; reencoded: decode each sample to an 8-bit image and "
-        "encode it like a real one (one VAE pass more). On the toy world raw gave better style at equal "
-        "fidelity (docs/results.md)",
-    )
 
 
 class TrainingConfig(Strict):

@@ -43,7 +43,7 @@ from spin_diffusion.sampling.samples import MANIFEST, OpponentSamples, shard_pro
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-    from spin_diffusion.config.run import SamplingConfig
+    from spin_diffusion.config.sampling import SamplingConfig
     from spin_diffusion.sampling.trajectories import SolverSchedule
 
 log = logging.getLogger(__name__)

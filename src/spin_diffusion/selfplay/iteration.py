@@ -257,7 +257,7 @@ def save(ctx: RunContext, stage: _Stage, trained: Any, result: Any, previous: Pa
     from spin_diffusion.model.lora import fold_lora, has_lora
     from spin_diffusion.model.saving import save_trained_unet
     from spin_diffusion.model.weights import fingerprint_module
-    from spin_diffusion.training.trainer import write_summary
+    from spin_diffusion.training.checkpointing import write_summary
 
     accelerator = ctx.accelerator
     # theta_k goes on as the next opponent in place: a LoRA is folded into its network (the file is

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from spin_diffusion.config.run import SamplingConfig
+from spin_diffusion.config.sampling import SamplingConfig
 from spin_diffusion.errors import CheckpointError
 from spin_diffusion.infra.atomic import write_json_atomic
 from spin_diffusion.infra.run_layout import CHECKPOINTS, RunLayout

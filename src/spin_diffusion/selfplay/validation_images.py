@@ -19,7 +19,7 @@ from spin_diffusion.model.families import denoiser_of, set_denoiser
 if TYPE_CHECKING:
     from PIL import Image
 
-    from spin_diffusion.config.run import SamplingConfig
+    from spin_diffusion.config.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
