@@ -67,9 +67,12 @@ def loss_weights(sigmas: torch.Tensor, scheme: str) -> torch.Tensor:
 class DenoiserCall(ABC):
     """How one flow family calls its transformer: latents in ``[B, C, h, w]``, a velocity out in the same shape."""
 
-    @abstractmethod
+    #: Latent pixels per image token along each side (FLUX packs 2x2).
+    patch_size: int
+
     def image_seq_len(self, latent_hw: tuple[int, int]) -> int:
         """The image token count the sampler's resolution-dependent shift is computed from."""
+        return (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
 
     @abstractmethod
     def __call__(
@@ -88,9 +91,6 @@ class SD3Call(DenoiserCall):
 
     def __init__(self, patch_size: int):
         self.patch_size = patch_size
-
-    def image_seq_len(self, latent_hw: tuple[int, int]) -> int:
-        return (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
 
     def __call__(
         self,
@@ -141,11 +141,10 @@ class FluxCall(DenoiserCall):
     """``FluxTransformer2DModel``: packed latents with ``img_ids``, T5 states with zero ``txt_ids``, the
     pooled CLIP output, timestep ``sigma`` and, for guidance-distilled FLUX.1-dev, an embedded guidance."""
 
+    patch_size = 2  # the 2x2 packing of pack_latents
+
     def __init__(self, guidance: float | None):
         self.guidance = guidance
-
-    def image_seq_len(self, latent_hw: tuple[int, int]) -> int:
-        return (latent_hw[0] // 2) * (latent_hw[1] // 2)
 
     def __call__(
         self,
@@ -182,9 +181,6 @@ class SanaCall(DenoiserCall):
 
     def __init__(self, patch_size: int, timestep_scale: float):
         self.patch_size, self.timestep_scale = patch_size, timestep_scale
-
-    def image_seq_len(self, latent_hw: tuple[int, int]) -> int:
-        return (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
 
     def __call__(
         self,

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from spin_diffusion.studies.settings import METRICS, ReproduceConfig
-from spin_diffusion.studies.tables import across_seeds, mean_sd, seed_model, table_names
+from spin_diffusion.studies.tables import across_seeds, mean_sd, save_png, seed_model, table_names
 
 
 def pairwise_win(summaries: dict[int, dict[str, Any]], row: str, col: str) -> tuple[float, float, int]:
@@ -67,8 +67,6 @@ def plot_comparison(cfg: ReproduceConfig, summaries: dict[int, dict[str, Any]], 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from spin_diffusion.infra.atomic import atomic_file
-
     names = table_names(cfg, summaries)
     fig, (scatter, bars) = plt.subplots(1, 2, figsize=(12, 4.6))
     for name in names:
@@ -89,7 +87,4 @@ def plot_comparison(cfg: ReproduceConfig, summaries: dict[int, dict[str, Any]], 
     bars.grid(alpha=0.3, axis="x")
     fig.suptitle(f"Seeds {', '.join(map(str, sorted(summaries)))}, {cfg.pairs} pairs each", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)

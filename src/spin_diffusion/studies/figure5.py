@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from spin_diffusion.infra.atomic import write_json_atomic, write_text_atomic
 from spin_diffusion.infra.run_layout import RunLayout
 from spin_diffusion.studies.settings import ReproduceConfig
-from spin_diffusion.studies.tables import mean_sd
+from spin_diffusion.studies.tables import mean_sd, save_png
 
 METRICS = ("toy_fidelity", "toy_style")
 
@@ -297,8 +297,6 @@ def plot_arms(cfg: Figure5Config, summaries: dict[int, dict[str, Any]], path: Pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from spin_diffusion.infra.atomic import atomic_file
-
     first = next(iter(summaries.values()))
     offsets = [row["offset"] for row in first["arms"]["continued"]]
     fig, axes = plt.subplots(1, len(METRICS), figsize=(5 * len(METRICS), 3.4))
@@ -312,10 +310,7 @@ def plot_arms(cfg: Figure5Config, summaries: dict[int, dict[str, Any]], path: Pa
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def figure5(cfg: Figure5Config, out: Path, command: str, show_progress: bool = True) -> dict[str, Any]:

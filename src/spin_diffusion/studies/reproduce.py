@@ -33,7 +33,7 @@ from spin_diffusion.studies.runs import (
     run_configs,
 )
 from spin_diffusion.studies.settings import FAMILY, METRICS, ReproduceConfig
-from spin_diffusion.studies.tables import REPRODUCTION_TITLE, across_seeds, render_report
+from spin_diffusion.studies.tables import REPRODUCTION_TITLE, across_seeds, render_report, save_png
 from spin_diffusion.toy.diagnostics import BREAKDOWN_COLUMNS
 
 
@@ -160,8 +160,6 @@ def plot_curves(cfg: ReproduceConfig, summaries: dict[int, dict[str, Any]], path
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from spin_diffusion.infra.atomic import atomic_file
-
     first = next(iter(summaries.values()))["models"]
     groups = {
         "SFT": ["base"] + sorted((n for n in first if sft_step(n) is not None), key=sft_step),
@@ -185,10 +183,7 @@ def plot_curves(cfg: ReproduceConfig, summaries: dict[int, dict[str, Any]], path
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_file(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _by_iteration(names: Any, method: str) -> list[str]:

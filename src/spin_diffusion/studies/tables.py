@@ -1,8 +1,9 @@
-"""The cross-seed numbers and tables of the toy studies, shared by the reproduction and the comparison report."""
+"""The cross-seed numbers, tables and figures of the toy studies, shared by the reproduction, the comparison and Figure 5."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 from spin_diffusion.studies.model_names import ModelName, sft_step
@@ -180,3 +181,15 @@ def render_report(
         ]
     lines += ["", "Settings (`reproduce.json`):", "", "```json", cfg.model_dump_json(indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def save_png(fig: Any, path: Path) -> None:
+    """Write a study's matplotlib figure atomically as a 110-dpi PNG and release it."""
+    import matplotlib.pyplot as plt
+
+    from spin_diffusion.infra.atomic import atomic_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)

@@ -57,16 +57,24 @@ def forward_noised_errors(
     ``training.error_space: epsilon`` turns a v-prediction model's errors into
     epsilon-space errors (:func:`spin_diffusion.objectives.core.epsilon_space_factor`).
     """
-    import torch
-
-    b, device = len(batch.indices), emb.device
-    latents = torch.cat([batch.latents_a, batch.latents_b]).to(device)
-    emb2 = emb.pair()  # each pair member keeps its own SDXL size conditioning
-    t2, eps2 = batch.timesteps.repeat(2).to(device), batch.pair_noise().to(device)
+    b = len(batch.indices)
+    latents, emb2, t2, eps2 = _noised_pair_inputs(batch, emb)
     scale = error_space_scale(cfg, noise_scheduler, t2)
     model_err = prediction_error(unet, noise_scheduler, latents, emb2, t2, eps2) * scale
     ref_err = reference.errors(batch, latents, emb2).detach() * scale
     return PairErrors(model_err[:b], ref_err[:b], model_err[b:], ref_err[b:])
+
+
+def _noised_pair_inputs(
+    batch: Batch, emb: Conditioning
+) -> tuple[torch.Tensor, Conditioning, torch.Tensor, torch.Tensor]:
+    """Both members as one batch: latents, conditioning, the shared ``t`` and the pair's noise."""
+    import torch
+
+    device = emb.device
+    latents = torch.cat([batch.latents_a, batch.latents_b]).to(device)
+    emb2 = emb.pair()  # each pair member keeps its own SDXL size conditioning
+    return latents, emb2, batch.timesteps.repeat(2).to(device), batch.pair_noise().to(device)
 
 
 def error_space_scale(
@@ -127,12 +135,9 @@ def model_pair_errors(
     cfg: TrainingConfig, unet: Any, noise_scheduler: Any, batch: Batch, emb: Conditioning
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The trained model's errors on the pair, noised as :func:`forward_noised_errors` noises it."""
-    import torch
-
-    b, device = len(batch.indices), emb.device
-    latents = torch.cat([batch.latents_a, batch.latents_b]).to(device)
-    t2, eps2 = batch.timesteps.repeat(2).to(device), batch.pair_noise().to(device)
-    err = prediction_error(unet, noise_scheduler, latents, emb.pair(), t2, eps2)
+    b = len(batch.indices)
+    latents, emb2, t2, eps2 = _noised_pair_inputs(batch, emb)
+    err = prediction_error(unet, noise_scheduler, latents, emb2, t2, eps2)
     err = err * error_space_scale(cfg, noise_scheduler, t2)
     return err[:b], err[b:]
 
