@@ -98,6 +98,7 @@ def run_config(path: str, pipeline: Path, data: Path, out: Path, args: argparse.
             "validation_prompts": 0,
             "trackers": [],
             "mixed_precision": args.mixed_precision,
+            "gradient_checkpointing": args.gradient_checkpointing,
         },
         "iterations": [{"beta": 2000, "max_steps": args.steps}] * iterations,
     }
@@ -200,7 +201,8 @@ def render(rows: list[dict], args: argparse.Namespace) -> str:
     )
     lines = [
         f"{args.resolution} px, batch {args.batch}, {args.steps} steps per iteration, SPIN {args.iterations} "
-        f"iterations, {args.mixed_precision} precision, {scale}.",
+        f"iterations, {args.mixed_precision} precision, "
+        f"{'gradient checkpointing, ' if args.gradient_checkpointing else ''}{scale}.",
         "",
         "| architecture | path | denoiser parameters | peak RSS (GiB) | floor (GiB) | peak / floor | above floor (GiB) "
         "| s per example (train) | x SFT |",
@@ -232,6 +234,11 @@ def main() -> None:
     parser.add_argument("--examples", type=int, default=4)
     parser.add_argument("--sample-steps", type=int, default=2)
     parser.add_argument("--mixed-precision", choices=["no", "bf16"], default="no")
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="training.gradient_checkpointing: shows how much of the excess over the floor is activations",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--clip-bpe", type=Path, help="open_clip wheel or bpe_simple_vocab_16e6.txt.gz")
     parser.add_argument(

@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from spin_diffusion.infra.atomic import write_json_atomic, write_text_atomic
 from spin_diffusion.infra.run_layout import RunLayout
+from spin_diffusion.studies.runs import study_run_config
 from spin_diffusion.studies.settings import ReproduceConfig
 from spin_diffusion.studies.tables import mean_sd, save_png
 
@@ -98,10 +99,8 @@ def plateau_step(curve: dict[int, float], tolerance: float) -> int:
 
 
 def _iteration_1_run(cfg: Figure5Config, seed: int, seed_dir: Path) -> dict[str, Any]:
-    from spin_diffusion.studies.runs import _common
-
     curated = {"source": "imagefolder", "path": str(seed_dir / "data" / "curated"), "resolution": 32}
-    run = _common(cfg.as_study(), seed, seed_dir, "figure5-iter1", "spin", curated)
+    run = study_run_config(cfg.as_study(), seed, seed_dir, "figure5-iter1", "spin", curated)
     run["training"].update(save_model_every=cfg.snapshot_every, pair_noise=cfg.pair_noise)
     run["iterations"] = [{**cfg.iteration_1.model_dump(), "max_steps": cfg.search_steps + cfg.arm_steps}]
     return run

@@ -44,7 +44,10 @@ def check_methods(cfg: ReproduceConfig) -> None:
         family.check_run(method, base_sampler(cfg), None)
 
 
-def _common(cfg: ReproduceConfig, seed: int, out: Path, name: str, method: str, data: dict) -> dict[str, Any]:
+def study_run_config(
+    cfg: ReproduceConfig, seed: int, out: Path, name: str, method: str, data: dict
+) -> dict[str, Any]:
+    """The run config every study run of ``method`` shares (base, sampling, batch); callers add the rest."""
     return {
         "name": name,
         "output_dir": str(out),
@@ -82,20 +85,20 @@ def run_configs(cfg: ReproduceConfig, seed: int, seed_dir: Path) -> dict[str, di
     runs: dict[str, dict[str, Any]] = {}
     spin_iters = [it.model_dump() for it in cfg.spin.iterations]
     if "spin" in cfg.methods:
-        c = _common(cfg, seed, seed_dir, "spin", "spin", curated)
+        c = study_run_config(cfg, seed, seed_dir, "spin", "spin", curated)
         c["iterations"] = spin_iters
         c["training"]["stop_when"] = cfg.spin.stop_when.model_dump() if cfg.spin.stop_when else None
         _lora(c, cfg)
         runs["spin"] = c
     if "spin-continued" in cfg.methods and len(spin_iters) >= 2:
-        c = _common(cfg, seed, seed_dir, "spin-continued", "spin", curated)
+        c = study_run_config(cfg, seed, seed_dir, "spin-continued", "spin", curated)
         first = dict(spin_iters[0])
         first["max_steps"] = spin_iters[0]["max_steps"] + spin_iters[1]["max_steps"]
         c["iterations"] = [first]
         _lora(c, cfg)
         runs["spin-continued"] = c
     if "spin-exact" in cfg.methods:
-        c = _common(cfg, seed, seed_dir, "spin-exact", "spin-exact", curated)
+        c = study_run_config(cfg, seed, seed_dir, "spin-exact", "spin-exact", curated)
         c["iterations"] = [it.model_dump() for it in cfg.spin_exact.iterations]
         c["training"].update(
             trajectory_grad_steps=cfg.spin_exact.trajectory_grad_steps,
@@ -104,18 +107,18 @@ def run_configs(cfg: ReproduceConfig, seed: int, seed_dir: Path) -> dict[str, di
         _lora(c, cfg)
         runs["spin-exact"] = c
     if "sft" in cfg.methods:
-        c = _common(cfg, seed, seed_dir, "sft", "sft", curated)
+        c = study_run_config(cfg, seed, seed_dir, "sft", "sft", curated)
         c["training"].update(learning_rate=cfg.sft.learning_rate, save_model_every=cfg.sft.eval_every)
         c["iterations"] = [{"max_steps": cfg.sft.max_steps}]
         runs["sft"] = c
     if "dpo" in cfg.methods:
-        c = _common(cfg, seed, seed_dir, "dpo", "dpo", prefs)
+        c = study_run_config(cfg, seed, seed_dir, "dpo", "dpo", prefs)
         c["training"].update(learning_rate=cfg.dpo.learning_rate, beta=cfg.dpo.beta)
         c["iterations"] = [{"max_steps": cfg.dpo.max_steps}]
         runs["dpo"] = c
     for name in (m for m in FAMILY if m in cfg.methods):
         fam = cfg.family[name]
-        c = _common(cfg, seed, seed_dir, name, name, prefs)
+        c = study_run_config(cfg, seed, seed_dir, name, name, prefs)
         c["training"].update(learning_rate=fam.learning_rate, beta=fam.beta, **fam.training)
         c["iterations"] = [{"max_steps": fam.max_steps}]
         runs[name] = c
