@@ -30,7 +30,7 @@ GPU_CHECK_TEXT = (
     "minutes after the install it verifies: (1) SD-1.5 at 512 px, full fine-tuning in bf16 autocast with a bf16 "
     "frozen reference: SFT and SPIN steps/s, peak GPU memory, SPIN/SFT per example, finite losses; (2) SDXL at "
     "1024 px with a rank-8 LoRA, the reference the adapter-disabled network: the same; (3) SD3.5-medium with a LoRA "
-    "through `train` (skipped, saying why, while the flow families are not supported); (4) DeepSpeed ZeRO-2 and "
+    "through `train`, SFT and SPIN (rectified flow); (4) DeepSpeed ZeRO-2 and "
     "(5) FSDP through `accelerate launch` on the one device: SPIN with a live reference, once uninterrupted and "
     "once killed with SIGKILL after its step-2 checkpoint and resumed by the same command; the final UNets must "
     "agree within 1% of the update's size. It writes `gpu_check.json` and `gpu_check.md` (default "
