@@ -31,10 +31,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
 # Real-architecture memory against the floor (docs/benchmarks.md, "Real shapes"). Not in `make bench`:
-# the SD-1.5 full fine-tuning paths peak near 20 GB of RAM and take about an hour on 2 cores.
+# the SD-1.5 full fine-tuning paths peak near 19 GiB of RAM; about 25 minutes on 2 cores.
 bench-real: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/python benchmarks/bench_real_shapes.py --threads 2 \
-		--json docs/benchmarks/real_shapes.json --markdown docs/benchmarks/real_shapes.md
+		--json docs/benchmarks/real_shapes.json --markdown docs/benchmarks/real_shapes_latest.md
 
 # The prepared GPU check's parts, tiny, on CPU (the GPU run itself: bash benchmarks/gpu_check.sh).
 gpu-check-dry-run: $(STAMP)

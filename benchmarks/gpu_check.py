@@ -173,7 +173,12 @@ def flow_lora(settings: Settings, work: Path) -> dict[str, Any]:
             "method": method,
             "model": {"pretrained": str(pipe_dir), "lora": {"enabled": True, "rank": 8, "alpha": 8}},
             "data": {"source": "imagefolder", "path": str(data), "resolution": settings.flow_px},
-            "sampling": {"scheduler": "pipeline", "num_inference_steps": 2, "batch_size": 2, "num_previews": 0},
+            "sampling": {
+                "scheduler": "pipeline",
+                "num_inference_steps": 2,
+                "batch_size": 2,
+                "num_previews": 0,
+            },
             "training": {
                 "batch_size": 2,
                 "max_steps": 2,

@@ -17,10 +17,9 @@ REAL_SHAPES_TEXT = (
     "reference copy where the reference is live (full fine-tuning), the VAE and text encoders, and the process's "
     "own start-up (measured before any model is built). Above the floor: activations, the sampler's working "
     "memory and whatever else the code keeps. The SPIN/SFT column is training seconds per example (a pair for "
-    "SPIN). Full size needs about 20 GB of RAM: `make bench-real` (or `.venv/bin/python "
-    "benchmarks/bench_real_shapes.py --json docs/benchmarks/real_shapes.json --markdown "
-    "docs/benchmarks/real_shapes.md`); `--width-divisor 4` checks the code on a small machine, and its numbers are "
-    "not the real ones."
+    "SPIN). Full size needs about 19 GiB of RAM and 25 minutes on 2 cores: `make bench-real` (it writes "
+    "docs/benchmarks/real_shapes.json and real_shapes_latest.md); `--width-divisor 4` checks the code on a small "
+    "machine, and its numbers are not the real ones. The recorded run and its reading:"
 )
 
 GPU_CHECK_TEXT = (
