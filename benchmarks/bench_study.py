@@ -14,7 +14,9 @@ dearer), so read its shares, not its seconds.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 import tempfile
 from pathlib import Path
 
@@ -80,7 +82,8 @@ def main() -> None:
     cfg = small_study(args.pairs, args.eval_prompts, args.scale)
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "study"
-        result = reproduce(cfg, out, "bench_study", show_progress=False)
+        with contextlib.redirect_stdout(sys.stderr):  # its progress lines are not the table
+            result = reproduce(cfg, out, "bench_study", show_progress=False)
         small = result["seeds"][0]["seconds"]
         small_work = workload(cfg, out / "seed-0")
         full = ReproduceConfig()
