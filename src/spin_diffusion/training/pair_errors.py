@@ -69,12 +69,18 @@ def _noised_pair_inputs(
     batch: Batch, emb: Conditioning
 ) -> tuple[torch.Tensor, Conditioning, torch.Tensor, torch.Tensor]:
     """Both members as one batch: latents, conditioning, the shared ``t`` and the pair's noise."""
+    latents, emb2, t2 = _pair_inputs(batch, emb)
+    return latents, emb2, t2, batch.pair_noise().to(emb.device)
+
+
+def _pair_inputs(batch: Batch, emb: Conditioning) -> tuple[torch.Tensor, Conditioning, torch.Tensor]:
+    """Both members as one batch: clean latents, conditioning and the shared ``t``, on the model's device."""
     import torch
 
     device = emb.device
     latents = torch.cat([batch.latents_a, batch.latents_b]).to(device)
     emb2 = emb.pair()  # each pair member keeps its own SDXL size conditioning
-    return latents, emb2, batch.timesteps.repeat(2).to(device), batch.pair_noise().to(device)
+    return latents, emb2, batch.timesteps.repeat(2).to(device)
 
 
 def error_space_scale(
@@ -111,10 +117,8 @@ def inverted_errors(
     predict_ref = getattr(reference, "predict", None)
     if predict_ref is None:
         raise ConfigError("inversion-dpo needs a live reference model (training.precompute_reference: false)")
-    b, device = len(batch.indices), emb.device
-    x0 = torch.cat([batch.latents_a, batch.latents_b]).to(device)
-    emb2 = emb.pair()
-    t2 = batch.timesteps.repeat(2).to(device)
+    b = len(batch.indices)
+    x0, emb2, t2 = _pair_inputs(batch, emb)
     x_t = ddim_invert(
         lambda x, tau: predict_ref(x, tau, emb2),
         noise_scheduler.alphas_cumprod,
