@@ -86,6 +86,7 @@ def caption_sensitivity(
 
     from spin_diffusion.config.flow import FlowConfig
     from spin_diffusion.data.encoding import encode_pixels
+    from spin_diffusion.data.transforms import to_tensor
     from spin_diffusion.model.families import denoiser_of, prompt_encoder
     from spin_diffusion.model.flow import FlowMatchingProcess
     from spin_diffusion.model.prediction import prediction_error, training_scheduler
@@ -94,8 +95,7 @@ def caption_sensitivity(
     scenes, captions = _scenes(n_scenes, seed)
     size = int(pipe.vae.config.sample_size)
     images = [render_scene(s, size, style, np.random.default_rng([8, seed, i])) for i, s in enumerate(scenes)]
-    pixels = torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) for im in images]))
-    latents = encode_pixels(pipe.vae, pixels.permute(0, 3, 1, 2) / 127.5 - 1.0)
+    latents = encode_pixels(pipe.vae, torch.stack([to_tensor(im) for im in images]))
     # uniform: the timestep index maps to the schedule directly, so the points are the same for all
     process = training_scheduler(pipe, FlowConfig(timestep_sampling="uniform"))
     encoder = prompt_encoder(pipe)
@@ -105,8 +105,8 @@ def caption_sensitivity(
     n_steps = int(process.config.num_train_timesteps)
     noise, errors = [], {k: [] for k in kinds}
     net = denoiser_of(pipe)
+    flow = isinstance(process, FlowMatchingProcess)
     for p in points:
-        flow = isinstance(process, FlowMatchingProcess)
         # a flow schedule runs from sigma 1 at index 0; a DDPM one from clean at index 0
         index = round((1 - p) * (n_steps - 1)) if flow else round(p * (n_steps - 1))
         t = torch.full((len(latents),), index, dtype=torch.long)
